@@ -1,0 +1,238 @@
+"""Experiment configuration: YAML -> typed, validated dataclasses with defaults, plus `a.b=value` overrides.
+
+A config file names a `task`; the task (see `relation_networks.tasks`) supplies the dataclasses of its `data` and
+`model` sections, the trainer owns `train`. Every key is checked: an unknown key or a value of the wrong type is
+one `ConfigError` naming the key and the file.
+"""
+
+import copy
+import dataclasses
+import os
+import typing
+
+import yaml
+
+from relation_networks.errors import UserError
+
+
+class ConfigError(UserError):
+    """A configuration file or override is invalid."""
+
+
+def choice(default, choices):
+    """A string field restricted to `choices`."""
+    return dataclasses.field(default=default, metadata={"choices": tuple(choices)})
+
+
+@dataclasses.dataclass
+class DistributeConfig:
+    strategy: str = choice("default", ("default", "mirrored", "multi_worker"))
+    # multi_worker: collective communication implementation ("auto", "ring", "nccl").
+    communication: str = choice("auto", ("auto", "ring", "nccl"))
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64  # per worker; the global batch is batch_size x number of workers
+    optimizer: str = choice("adam", ("adam",))
+    learning_rate: float = 1e-4
+    # constant | cosine (decay to lr_min_fraction over the run) | doubling (warm-up: start at
+    # learning_rate / 2**doublings and double every lr_doubling_epochs up to learning_rate).
+    lr_schedule: str = choice("constant", ("constant", "cosine", "doubling"))
+    warmup_steps: int = 0
+    lr_min_fraction: float = 0.0
+    lr_doublings: int = 0
+    lr_doubling_epochs: float = 20.0
+    precision: str = choice("float32", ("float32", "mixed_bfloat16"))
+    jit_compile: bool = False
+    shuffle_buffer: int = 10000
+    eval_batch_size: int = 256
+    checkpoint_every_steps: int = 500
+    keep_checkpoints: int = 3
+    log_every_steps: int = 50
+    max_steps: typing.Optional[int] = None  # stop early (smoke tests); epochs still define the schedule
+    time_limit_minutes: typing.Optional[float] = None  # stop (after a checkpoint) once this much training time is used
+    eval_splits: typing.List[str] = dataclasses.field(default_factory=lambda: ["val", "test"])
+    distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    task: str
+    data: typing.Any
+    model: typing.Any
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    seed: int = 0
+    run_dir: typing.Optional[str] = None  # default: runs/<config file name>
+
+
+# -- conversion ------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp):
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, typing.List):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value, tp, key, where, choices=None):
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, key, where, choices)
+    if origin in (list, typing.List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: '{key}' must be a {_type_name(tp)}, got {value!r}.")
+        (inner,) = typing.get_args(tp)
+        return [_convert(v, inner, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, key, where)
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"{where}: '{key}' must be a {_type_name(tp)}, got {value!r} ({type(value).__name__}).")
+    if choices and value not in choices:
+        raise ConfigError(f"{where}: '{key}' must be one of {list(choices)}, got {value!r}.")
+    return value
+
+
+def _from_dict(cls, raw, prefix, where):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: '{prefix}' must be a mapping of keys to values, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{where}: unknown key '{key}'. Known keys here: {', '.join(sorted(fields))}.")
+    values = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in raw:
+            values[name] = _convert(raw[name], hints[name], key, where, f.metadata.get("choices"))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: required key '{key}' is missing.")
+    return cls(**values)
+
+
+def parse_override(text):
+    """`'a.b=value'` -> `(['a', 'b'], value)`, the value parsed as YAML (so `3`, `1e-4`, `[1, 2]`, `true` work)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.epochs=3.")
+    key, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({e}).") from None
+    if isinstance(parsed, str) and _looks_float(parsed):
+        parsed = float(parsed)  # PyYAML reads 1e-4 (no dot) as a string
+    return [k for k in key.strip().split(".") if k], parsed
+
+
+def _looks_float(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return any(c in text.lower() for c in "e.") and text.lower() not in ("nan", "inf", "-inf", "+inf")
+
+
+def apply_overrides(raw, overrides):
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        if not path:
+            raise ConfigError(f"--set {text!r}: empty key.")
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: '{part}' is not a section.")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def _fix_yaml_floats(node):
+    if isinstance(node, dict):
+        return {k: _fix_yaml_floats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fix_yaml_floats(v) for v in node]
+    if isinstance(node, str) and _looks_float(node):
+        return float(node)
+    return node
+
+
+def from_dict(raw, where="<config>"):
+    """Build a validated `ExperimentConfig` from a plain dict (already overridden)."""
+    from relation_networks import tasks  # the registry; imported here to avoid an import cycle
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: the file must hold a mapping of keys to values.")
+    raw = _fix_yaml_floats(raw)
+    if "task" not in raw:
+        raise ConfigError(f"{where}: required key 'task' is missing. Known tasks: {', '.join(tasks.names())}.")
+    if raw["task"] not in tasks.names():
+        raise ConfigError(f"{where}: unknown task {raw['task']!r}. Known tasks: {', '.join(tasks.names())}.")
+    task = tasks.get(raw["task"])
+    unknown = sorted(set(raw) - {f.name for f in dataclasses.fields(ExperimentConfig)})
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key '{unknown[0]}'. Known top-level keys: "
+            f"{', '.join(f.name for f in dataclasses.fields(ExperimentConfig))}."
+        )
+    return ExperimentConfig(
+        task=raw["task"],
+        data=_from_dict(task.data_config, raw.get("data"), "data", where),
+        model=_from_dict(task.model_config, raw.get("model"), "model", where),
+        train=_from_dict(TrainConfig, raw.get("train"), "train", where),
+        seed=_convert(raw.get("seed", 0), int, "seed", where),
+        run_dir=_convert(raw.get("run_dir"), typing.Optional[str], "run_dir", where),
+    )
+
+
+def load(path, overrides=()):
+    """Load a YAML config file, apply `--set` style overrides and validate it."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file not found: {path}")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = apply_overrides(raw or {}, overrides)
+    config = from_dict(raw, where=path if not overrides else f"{path} (with --set {' '.join(overrides)})")
+    if config.run_dir is None:
+        config.run_dir = os.path.join("runs", os.path.splitext(os.path.basename(path))[0])
+    return config
+
+
+def to_dict(config):
+    return dataclasses.asdict(config)
+
+
+def save(config, path):
+    """Write the config as YAML (atomically)."""
+    from relation_networks.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

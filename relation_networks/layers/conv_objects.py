@@ -1,0 +1,132 @@
+"""Coordinate-tagged convolutional objects (Santoro et al. 2017, section 4, "Dealing with pixels")."""
+
+import keras
+from keras import ops
+
+
+def cell_coordinates(height, width, low=-1.0, high=1.0):
+    """`[height * width, 2]` (row, col) coordinates of the cells of a feature map, in row-major order.
+
+    Cell `k` sits at row `k // width` (integer division) and column `k % width`; each index is mapped linearly
+    onto `[low, high]`. A map with a single row or column puts it at the middle of the range.
+    """
+    k = ops.arange(height * width)
+    rows = ops.cast(k // width, "float32")
+    cols = ops.cast(k % width, "float32")
+
+    def scale(index, size):
+        if size == 1:
+            return ops.zeros_like(index) + (low + high) / 2.0
+        return low + (high - low) * index / float(size - 1)
+
+    return ops.stack([scale(rows, height), scale(cols, width)], axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="relation_networks")
+class ConvObjectExtractor(keras.layers.Layer):
+    """A conv stack whose output cells become objects for a Relation Network.
+
+    Each layer is a `kernel_size` convolution with stride `strides` ("same" padding), batch normalization and
+    ReLU. The final `[d_h, d_w, k]` feature map is flattened to `d_h * d_w` objects, and each object is tagged
+    with its (row, col) coordinate in `coordinate_range`, so the RN can reason about positions.
+
+    Args:
+        filters: list of ints, kernels per conv layer (paper: `[24, 24, 24, 24]` for CLEVR,
+            `[32, 64, 128, 256]` for Sort-of-CLEVR).
+        kernel_size: conv kernel size (3 in the paper).
+        strides: conv stride (2 in the paper).
+        coordinate_range: `(low, high)` range of the coordinate tags.
+        synchronized_bn: use `BatchNormalization(synchronized=True)`, which keeps the moving statistics identical
+            across replicas in synchronous multi-worker training.
+        output_mode: `"objects"` (default) for the coordinate-tagged object set, or `"feature_map"` for the raw
+            `[batch, d_h, d_w, k]` map (the CNN+MLP baseline flattens it).
+
+    Call arguments:
+        images: `[batch, height, width, channels]` float images.
+        training: bool, batch-norm mode.
+
+    Returns:
+        `[batch, d_h * d_w, filters[-1] + 2]` objects: conv features followed by (row, col).
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size=3,
+        strides=2,
+        coordinate_range=(-1.0, 1.0),
+        synchronized_bn=False,
+        output_mode="objects",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if output_mode not in ("objects", "feature_map"):
+            raise ValueError(
+                f"Invalid value for argument output_mode. Expected one of {{'objects', 'feature_map'}}, got {output_mode!r}."
+            )
+        self.output_mode = output_mode
+        if isinstance(filters, int) or not filters or not all(isinstance(f, int) and f > 0 for f in filters):
+            raise ValueError(
+                f"Invalid value for argument filters: expected a non-empty list of positive integers, got {filters!r}."
+            )
+        low, high = coordinate_range
+        if not low < high:
+            raise ValueError(f"Invalid value for argument coordinate_range: expected low < high, got {coordinate_range!r}.")
+        self.filters = [int(f) for f in filters]
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.coordinate_range = (float(low), float(high))
+        self.synchronized_bn = bool(synchronized_bn)
+        self.blocks = []
+        for k, f in enumerate(self.filters):
+            conv = keras.layers.Conv2D(
+                f, self.kernel_size, strides=self.strides, padding="same", use_bias=False, name=f"conv_{k}"
+            )
+            bn = keras.layers.BatchNormalization(synchronized=self.synchronized_bn, name=f"bn_{k}")
+            self.blocks.append((conv, bn))
+
+    def build(self, images_shape):
+        shape = tuple(images_shape)
+        for conv, bn in self.blocks:
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            bn.build(shape)
+
+    def feature_map(self, images, training=None):
+        """The conv stack's `[batch, d_h, d_w, k]` output, before flattening (used by the CNN+MLP baseline)."""
+        x = images
+        for conv, bn in self.blocks:
+            x = ops.relu(bn(conv(x), training=training))
+        return x
+
+    def call(self, images, training=None):
+        x = self.feature_map(images, training=training)
+        if self.output_mode == "feature_map":
+            return x
+        batch = ops.shape(x)[0]
+        height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+        features = ops.reshape(x, (batch, height * width, channels))
+        coords = ops.cast(cell_coordinates(height, width, *self.coordinate_range), features.dtype)
+        coords = ops.broadcast_to(ops.expand_dims(coords, 0), (batch, height * width, 2))
+        return ops.concatenate([features, coords], axis=-1)
+
+    def compute_output_shape(self, images_shape):
+        shape = tuple(images_shape)
+        for conv, _ in self.blocks:
+            shape = conv.compute_output_shape(shape)
+        if self.output_mode == "feature_map":
+            return shape
+        cells = None if shape[1] is None or shape[2] is None else shape[1] * shape[2]
+        return (shape[0], cells, self.filters[-1] + 2)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=list(self.filters),
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            coordinate_range=list(self.coordinate_range),
+            synchronized_bn=self.synchronized_bn,
+            output_mode=self.output_mode,
+        )
+        return config

@@ -1,0 +1,269 @@
+"""The Relation Network module of Santoro et al. (2017), equation (1).
+
+    RN(O, q) = f_phi( sum_{i,j} g_theta(o_i, o_j, q) )
+
+`g_theta` is an MLP applied to every ordered pair of objects (conditioned on an optional question vector);
+its outputs ("relations") are summed over all pairs and passed through a second MLP `f_phi`.
+"""
+
+import keras
+from keras import ops
+
+_AGGREGATIONS = ("sum", "mean")
+
+
+def _check_units(name, units):
+    if isinstance(units, int) or not units or not all(isinstance(u, int) and u > 0 for u in units):
+        raise ValueError(
+            f"Invalid value for argument {name}: expected a non-empty list of positive integers "
+            f"(units per layer), got {units!r}."
+        )
+    return [int(u) for u in units]
+
+
+@keras.saving.register_keras_serializable(package="relation_networks")
+class RelationModule(keras.layers.Layer):
+    """Relation Network: `f_phi(sum_{i,j} g_theta(o_i, o_j, q))`.
+
+    The first layer of `g_theta` is linear in the concatenation `[o_i; o_j; q]`, so it is computed in factorized
+    form `W_i o_i + W_j o_j + W_q q + b`: one projection per object, broadcast-added over the pair grid. This is
+    identical in value to the naive concatenation (`factorized=False`, kept for testing and benchmarks) but costs
+    `N*D*H` instead of `N^2*(2D+Q)*H` multiply-adds and never materialises the `[B, N, N, 2D+Q]` pair tensor.
+    Both modes share the same weights, so a trained layer can be switched between them.
+
+    Args:
+        g_units: list of ints, the widths of the layers of `g_theta`; every layer is followed by `activation`.
+            The last entry is the width of each pair relation.
+        f_units: list of ints, the widths of the layers of `f_phi`. Every layer but the last is followed by
+            `activation`; **the last layer is linear** (it produces logits), and its width is the output width.
+        dropout: dropout rate applied to the input of the last (linear) layer of `f_phi`, i.e. on the
+            penultimate layer of the RN, where the paper puts it. Only active when `training=True`.
+        activation: activation of the hidden layers of `g_theta` and `f_phi`.
+        aggregation: `"sum"` (the paper) or `"mean"` over the valid pairs. `"mean"` keeps the scale of the
+            aggregate independent of the number of objects.
+        factorized: compute the first layer of `g_theta` per object (default) or on explicit concatenations.
+        pair_chunk_size: if set, process the pair grid in blocks of this many rows `i` and recompute each block
+            in the backward pass (rematerialisation). Peak memory then grows with `chunk * N` instead of `N^2`,
+            for large object counts. Requires a static number of objects.
+        return_relations: if True the layer returns `(output, relations)` where `relations` holds every pair's
+            `g_theta` output, `[batch, N, N, g_units[-1]]`, zero for masked pairs. Can also be given per call.
+        kernel_initializer, bias_initializer: initialisers of every dense kernel / bias.
+
+    Call arguments:
+        objects: `[batch, N, D]` float tensor, the object set.
+        question: optional `[batch, Q]` conditioning vector, concatenated to every pair.
+        object_mask: optional `[batch, N]`, 1 for real objects, 0 for padding. Padded objects take no part in
+            any pair.
+        pair_mask: optional `[batch, N, N]`, 1 for pairs `(i, j)` to include (the paper's "list of only those pairs
+            that should be considered").
+        training: bool, enables dropout.
+        return_relations: overrides the constructor argument for this call.
+
+    Returns:
+        `[batch, f_units[-1]]` (and the relations, see `return_relations`).
+    """
+
+    def __init__(
+        self,
+        g_units,
+        f_units,
+        dropout=0.0,
+        activation="relu",
+        aggregation="sum",
+        factorized=True,
+        pair_chunk_size=None,
+        return_relations=False,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.g_units = _check_units("g_units", g_units)
+        self.f_units = _check_units("f_units", f_units)
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"Invalid value for argument dropout: expected a rate in [0, 1), got {dropout!r}.")
+        if aggregation not in _AGGREGATIONS:
+            raise ValueError(
+                f"Invalid value for argument aggregation. Expected one of {set(_AGGREGATIONS)}, got {aggregation!r}."
+            )
+        if pair_chunk_size is not None and (not isinstance(pair_chunk_size, int) or pair_chunk_size < 1):
+            raise ValueError(
+                f"Invalid value for argument pair_chunk_size: expected None or a positive integer, "
+                f"got {pair_chunk_size!r}."
+            )
+        self.dropout = float(dropout)
+        self.activation = keras.activations.get(activation)
+        self.aggregation = aggregation
+        self.factorized = bool(factorized)
+        self.pair_chunk_size = pair_chunk_size
+        self.return_relations = bool(return_relations)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+        dense = dict(kernel_initializer=self.kernel_initializer, bias_initializer=self.bias_initializer)
+        self.g_theta = [
+            keras.layers.Dense(units, activation=self.activation, name=f"g_theta_{k}", **dense)
+            for k, units in enumerate(self.g_units[1:], start=1)
+        ]
+        self.f_phi = [
+            keras.layers.Dense(units, activation=self.activation, name=f"f_phi_{k}", **dense)
+            for k, units in enumerate(self.f_units[:-1])
+        ]
+        self.f_phi.append(keras.layers.Dense(self.f_units[-1], name=f"f_phi_{len(self.f_units) - 1}", **dense))
+        self.f_dropout = keras.layers.Dropout(self.dropout, name="f_phi_dropout")
+        self._remat_block = keras.remat(self._pair_block_sum)
+
+    def build(self, objects_shape, question_shape=None, object_mask_shape=None, pair_mask_shape=None):
+        if len(objects_shape) != 3 or objects_shape[-1] is None:
+            raise ValueError(
+                f"RelationModule expects objects of shape [batch, objects, dim] with a known dim, "
+                f"got {tuple(objects_shape)}."
+            )
+        self._object_dim = int(objects_shape[-1])
+        self._question_dim = 0
+        if question_shape is not None:
+            if len(question_shape) != 2 or question_shape[-1] is None:
+                raise ValueError(
+                    f"RelationModule expects question of shape [batch, dim], got {tuple(question_shape)}."
+                )
+            self._question_dim = int(question_shape[-1])
+        # One kernel for the concatenation [o_i; o_j; q]: the factorized path slices it, the naive path uses it
+        # whole, so the two are the same function of the same weights.
+        self.g_kernel = self.add_weight(
+            name="g_theta_0_kernel",
+            shape=(2 * self._object_dim + self._question_dim, self.g_units[0]),
+            initializer=self.kernel_initializer,
+        )
+        self.g_bias = self.add_weight(name="g_theta_0_bias", shape=(self.g_units[0],), initializer=self.bias_initializer)
+        width = self.g_units[0]
+        for layer in self.g_theta:
+            layer.build((None, width))
+            width = layer.units
+        for layer in self.f_phi:
+            layer.build((None, width))
+            width = layer.units
+
+    # -- the pieces of equation (1) -------------------------------------------------------------------------
+
+    def _first_layer_terms(self, objects, question):
+        """Per-object halves of g's first layer: `W_i o_i + W_q q + b` `[B, N, H]` and `W_j o_j` `[B, N, H]`."""
+        d = self._object_dim
+        kernel = ops.cast(self.g_kernel, self.compute_dtype)
+        left = ops.matmul(objects, kernel[:d]) + ops.cast(self.g_bias, self.compute_dtype)
+        right = ops.matmul(objects, kernel[d : 2 * d])
+        if question is not None:
+            left = left + ops.expand_dims(ops.matmul(question, kernel[2 * d :]), 1)
+        return left, right
+
+    def _naive_first_layer(self, rows, objects, question):
+        """`[o_i; o_j; q] @ W + b` on explicit concatenations, `[B, r, N, H]` for the r objects in `rows`."""
+        r, n = ops.shape(rows)[1], ops.shape(objects)[1]
+        parts = [
+            ops.broadcast_to(ops.expand_dims(rows, 2), (ops.shape(rows)[0], r, n, self._object_dim)),
+            ops.broadcast_to(ops.expand_dims(objects, 1), (ops.shape(rows)[0], r, n, self._object_dim)),
+        ]
+        if question is not None:
+            parts.append(
+                ops.broadcast_to(question[:, None, None, :], (ops.shape(rows)[0], r, n, self._question_dim))
+            )
+        pairs = ops.concatenate(parts, axis=-1)
+        kernel = ops.cast(self.g_kernel, self.compute_dtype)
+        return ops.matmul(pairs, kernel) + ops.cast(self.g_bias, self.compute_dtype)
+
+    def _g_theta(self, pre_activation):
+        """The rest of g_theta on a `[B, r, N, H0]` block of first-layer pre-activations -> `[B, r, N, Hg]`."""
+        shape = ops.shape(pre_activation)
+        h = ops.reshape(self.activation(pre_activation), (-1, self.g_units[0]))
+        for layer in self.g_theta:
+            h = layer(h)
+        return ops.reshape(h, (shape[0], shape[1], shape[2], self.g_units[-1]))
+
+    def _pair_block(self, left_rows, right, rows, objects, question):
+        if self.factorized:
+            pre = ops.expand_dims(left_rows, 2) + ops.expand_dims(right, 1)
+        else:
+            pre = self._naive_first_layer(rows, objects, question)
+        return self._g_theta(pre)
+
+    def _pair_block_sum(self, left_rows, right, rows, objects, question, weights_rows):
+        # Rematerialised per block: every argument is a tensor (no None), so gradients reach all of them.
+        question = question if self._question_dim else None
+        relations = self._pair_block(left_rows, right, rows, objects, question)
+        return ops.sum(relations * ops.expand_dims(weights_rows, -1), axis=(1, 2))
+
+    def _pair_weights(self, object_mask, pair_mask):
+        """`[B, N, N]` weight of every pair (1 = included), or None when every pair counts."""
+        weights = None
+        if object_mask is not None:
+            m = ops.cast(object_mask, self.compute_dtype)
+            weights = ops.expand_dims(m, 2) * ops.expand_dims(m, 1)
+        if pair_mask is not None:
+            p = ops.cast(pair_mask, self.compute_dtype)
+            weights = p if weights is None else weights * p
+        return weights
+
+    def call(self, objects, question=None, object_mask=None, pair_mask=None, training=None, return_relations=None):
+        return_relations = self.return_relations if return_relations is None else return_relations
+        objects = ops.cast(objects, self.compute_dtype)
+        if question is not None:
+            question = ops.cast(question, self.compute_dtype)
+        left, right = self._first_layer_terms(objects, question)
+        weights = self._pair_weights(object_mask, pair_mask)
+        n_static = objects.shape[1]
+
+        if self.pair_chunk_size is None or return_relations or (n_static is not None and n_static <= self.pair_chunk_size):
+            relations = self._pair_block(left, right, objects, objects, question)
+            if weights is not None:
+                relations = relations * ops.expand_dims(weights, -1)
+            aggregate = ops.sum(relations, axis=(1, 2))
+        else:
+            if n_static is None:
+                raise ValueError("RelationModule: pair_chunk_size needs a static number of objects (shape[1]).")
+            batch = ops.shape(objects)[0]
+            block_weights = weights if weights is not None else ops.ones((batch, n_static, n_static), self.compute_dtype)
+            block_question = question if question is not None else ops.zeros((batch, 0), self.compute_dtype)
+            aggregate = 0
+            for start in range(0, n_static, self.pair_chunk_size):
+                stop = min(start + self.pair_chunk_size, n_static)
+                aggregate = aggregate + self._remat_block(
+                    left[:, start:stop], right, objects[:, start:stop], objects, block_question,
+                    block_weights[:, start:stop],
+                )
+
+        if self.aggregation == "mean":
+            if weights is None:
+                count = ops.cast(ops.shape(objects)[1] ** 2, self.compute_dtype)
+            else:
+                count = ops.maximum(ops.sum(weights, axis=(1, 2)), 1.0)[:, None]
+            aggregate = aggregate / count
+
+        h = aggregate
+        for layer in self.f_phi[:-1]:
+            h = layer(h)
+        output = self.f_phi[-1](self.f_dropout(h, training=training))
+        if return_relations:
+            return output, relations
+        return output
+
+    def compute_output_shape(self, objects_shape, question_shape=None, object_mask_shape=None, pair_mask_shape=None):
+        output = (objects_shape[0], self.f_units[-1])
+        if self.return_relations:
+            n = objects_shape[1]
+            return output, (objects_shape[0], n, n, self.g_units[-1])
+        return output
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            g_units=list(self.g_units),
+            f_units=list(self.f_units),
+            dropout=self.dropout,
+            activation=keras.activations.serialize(self.activation),
+            aggregation=self.aggregation,
+            factorized=self.factorized,
+            pair_chunk_size=self.pair_chunk_size,
+            return_relations=self.return_relations,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+        )
+        return config

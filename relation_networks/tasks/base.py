@@ -1,0 +1,86 @@
+"""The interface every task implements; the trainer, evaluator and exporter only talk to this."""
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from relation_networks.evaluation import Report
+
+
+class Task:
+    """A task: where its data comes from, how its models are built, how it is scored and served.
+
+    Subclasses set `name`, `data_config` and `model_config` (dataclasses: the `data` and `model` sections of the
+    YAML config) and implement the methods below that raise `NotImplementedError`.
+    """
+
+    name = None
+    data_config = None
+    model_config = None
+
+    # -- data ----------------------------------------------------------------------------------------------------
+
+    def prepare(self, config, log=print):
+        """Make sure the data exists (generate or preprocess it once); raise `DataError` if it cannot."""
+
+    def num_examples(self, config, split):
+        """Number of examples in `split`."""
+        raise NotImplementedError
+
+    def dataset(self, config, split, *, training=False, seed=0, input_context=None):
+        """Unbatched `tf.data.Dataset` of `(features, label)` for `split`, `features` a dict keyed by the model's
+        input names. With `training`, shuffled deterministically from `seed` and augmented; with an
+        `input_context`, only this input pipeline's shard."""
+        raise NotImplementedError
+
+    # -- model ---------------------------------------------------------------------------------------------------
+
+    def build_model(self, config):
+        """A `keras.Model` from the config, taking the features dict and returning float32 logits."""
+        raise NotImplementedError
+
+    def loss(self, labels, logits):
+        """Per-example loss `[batch]` (default: softmax cross-entropy over classes)."""
+        return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+
+    def correct(self, labels, logits):
+        """Per-example 1.0 / 0.0 correctness `[batch]` (default: argmax equals the label)."""
+        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        return tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
+
+    # -- evaluation ----------------------------------------------------------------------------------------------
+
+    def predictions(self, predict_fn, config, split, batch_size):
+        """Run `predict_fn` (features dict of NumPy arrays -> logits) over a split.
+
+        Returns (features, labels, logits) as NumPy arrays concatenated over the split.
+        """
+        features, labels, logits = [], [], []
+        ds = self.dataset(config, split, training=False).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        for batch_features, batch_labels in ds.as_numpy_iterator():
+            logits.append(np.asarray(predict_fn(batch_features)))
+            features.append(batch_features)
+            labels.append(batch_labels)
+        if not labels:
+            raise ValueError(f"Split {split!r} of task {self.name!r} is empty.")
+        joined = {k: np.concatenate([f[k] for f in features]) for k in features[0]}
+        return joined, np.concatenate(labels), np.concatenate(logits)
+
+    def evaluate(self, predict_fn, config, split, batch_size=256):
+        """A `Report` of `predict_fn` on `split` with the paper's breakdown."""
+        raise NotImplementedError
+
+    def paper_results(self, config):
+        """The paper's results for this config's model, keyed like the report's metrics and groups."""
+        return {}
+
+    def report(self, config, split, examples, metrics, groups=None, extra=None):
+        return Report(
+            task=self.name,
+            split=split,
+            examples=int(examples),
+            metrics=metrics,
+            groups=groups or {},
+            paper=dict(self.paper_results(config)),
+            extra=extra or {},
+        )

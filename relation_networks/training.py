@@ -1,0 +1,353 @@
+"""The one trainer: a synchronous custom training loop shared by every task and every `tf.distribute` strategy.
+
+Why a custom loop rather than `model.fit`: Keras 3's `fit` fails under `MultiWorkerMirroredStrategy`
+(keras-team/keras#20585). `strategy.run` + `tf.nn.compute_average_loss` + `optimizer.apply_gradients` works for
+the default, mirrored and multi-worker strategies alike, so there is one loop to test.
+
+A run directory holds:
+    config.yaml          the resolved config
+    checkpoints/         `tf.train.CheckpointManager` checkpoints (model, optimizer incl. step, training time)
+    logs/{train,val}/    TensorBoard summaries
+    metrics.json         history per epoch and the final evaluation (see `Report` for the report keys)
+    model.keras          the final Keras model
+Re-running the same command resumes from the newest readable checkpoint.
+"""
+
+import os
+import platform
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from relation_networks import config as config_lib
+from relation_networks import distribute, tasks
+from relation_networks.errors import UserError
+from relation_networks.io import atomic_path, atomic_write_json
+
+METRICS_FILE = "metrics.json"
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.yaml"
+
+
+@keras.saving.register_keras_serializable(package="relation_networks")
+class DoublingSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Warm-up by doubling: `peak / 2**doublings`, doubled every `steps_per_doubling` steps, capped at `peak`."""
+
+    def __init__(self, peak, doublings, steps_per_doubling):
+        self.peak = float(peak)
+        self.doublings = int(doublings)
+        self.steps_per_doubling = max(1, int(steps_per_doubling))
+
+    def __call__(self, step):
+        k = keras.ops.minimum(keras.ops.floor(keras.ops.cast(step, "float32") / self.steps_per_doubling), self.doublings)
+        return self.peak * keras.ops.power(2.0, k - self.doublings)
+
+    def get_config(self):
+        return {"peak": self.peak, "doublings": self.doublings, "steps_per_doubling": self.steps_per_doubling}
+
+
+def make_learning_rate(train, steps_per_epoch, total_steps):
+    """The learning rate (a float or a schedule of the optimizer step) described by the `train` config."""
+    if train.lr_schedule == "doubling":
+        return DoublingSchedule(train.learning_rate, train.lr_doublings, train.lr_doubling_epochs * steps_per_epoch)
+    if train.lr_schedule == "cosine":
+        warmup = min(train.warmup_steps, max(total_steps - 1, 0))
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=train.learning_rate if not warmup else 0.0,
+            decay_steps=max(total_steps - warmup, 1),
+            alpha=train.lr_min_fraction,
+            warmup_target=train.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    if train.warmup_steps:
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=1, alpha=1.0, warmup_target=train.learning_rate, warmup_steps=train.warmup_steps
+        )
+    return train.learning_rate
+
+
+def hardware():
+    """A short description of the machine, written next to every result."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+
+
+def restore_latest(checkpoint, manager, log=print):
+    """Restore the newest readable checkpoint; fall back to older ones (with a warning) if it is corrupt.
+
+    Returns the restored path, or None when there is no checkpoint. Raises `UserError` when checkpoints exist
+    but none can be read (usually: the config changed the model; use a new run directory).
+    """
+    errors = []
+    for path in reversed(manager.checkpoints):
+        try:
+            checkpoint.read(path).assert_existing_objects_matched()
+            return path
+        except (tf.errors.OpError, ValueError, AssertionError) as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log(f"WARNING: checkpoint {path} could not be restored ({first_line}); trying the previous one.")
+            errors.append(first_line)
+    if errors:
+        raise UserError(
+            f"None of the checkpoints in {manager.directory} could be restored (last error: {errors[-1]}). "
+            "If the config changed the model, train into a new run_dir."
+        )
+    return None
+
+
+class _Progress:
+    """A Keras progress bar on a terminal, one line per `log_every` steps otherwise (log files)."""
+
+    def __init__(self, total, start, log, every):
+        self.log, self.every, self.total = log, every, total
+        self.bar = keras.utils.Progbar(total, stateful_metrics=["loss", "accuracy", "lr", "q/s"]) if sys.stdout.isatty() else None
+        if self.bar is not None:
+            self.bar.update(start)
+
+    def update(self, step, values):
+        if self.bar is not None:
+            self.bar.update(step, list(values.items()))
+        elif step % self.every == 0 or step == self.total:
+            text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+            self.log(f"step {step}/{self.total}  {text}")
+
+
+def _evaluate(task, model, config, split):
+    predict = tf.function(lambda features: model(features, training=False), reduce_retracing=True)
+    return task.evaluate(lambda f: predict(f).numpy(), config, split, batch_size=config.train.eval_batch_size)
+
+
+def train(config, log=print):
+    """Train (or resume) the experiment described by `config`; return the final metrics dict."""
+    task = tasks.get(config.task)
+    strategy = distribute.make_strategy(config.train.distribute)  # first: multi-worker needs it before other ops
+    task_type, task_id, is_chief, num_workers = distribute.worker_info(strategy)
+    say = log if is_chief else (lambda *a, **k: None)
+    out_dir = distribute.write_dir(config.run_dir, strategy)
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.train.precision)
+    try:
+        return _train(config, task, strategy, is_chief, num_workers, out_dir, say)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+        if not is_chief:
+            import shutil
+
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _train(config, task, strategy, is_chief, num_workers, out_dir, log):
+    train_cfg = config.train
+    keras.utils.set_random_seed(config.seed)
+    task.prepare(config, log=log)
+    os.makedirs(out_dir, exist_ok=True)
+    if is_chief:
+        config_lib.save(config, os.path.join(out_dir, CONFIG_FILE))
+
+    replicas = strategy.num_replicas_in_sync
+    global_batch = train_cfg.batch_size * num_workers
+    if global_batch % replicas:
+        raise UserError(f"train.batch_size x workers ({global_batch}) must be divisible by the {replicas} replicas.")
+    num_train = task.num_examples(config, "train")
+    steps_per_epoch = (num_train // num_workers) // (global_batch // num_workers)
+    if steps_per_epoch < 1:
+        raise UserError(
+            f"train.batch_size={train_cfg.batch_size} is larger than the training data per worker "
+            f"({num_train // num_workers} examples): lower train.batch_size."
+        )
+    total_steps = train_cfg.epochs * steps_per_epoch
+    stop_step = min(total_steps, train_cfg.max_steps) if train_cfg.max_steps else total_steps
+
+    with strategy.scope():
+        model = task.build_model(config)
+        optimizer = keras.optimizers.Adam(make_learning_rate(train_cfg, steps_per_epoch, total_steps))
+        optimizer.build(model.trainable_variables)
+    train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, train_seconds=train_seconds)
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(out_dir, "checkpoints"), max_to_keep=train_cfg.keep_checkpoints
+    )
+    restored = restore_latest(checkpoint, manager, log=log)
+    step = int(optimizer.iterations.numpy())
+    if restored:
+        log(f"Resumed from {restored} at step {step} ({float(train_seconds.numpy()):.0f} s of training so far).")
+
+    metrics_path = os.path.join(config.run_dir, METRICS_FILE)
+    history = _load_history(metrics_path, step // steps_per_epoch) if is_chief else []
+
+    def dataset_fn(epoch, skip):
+        def make(input_context):
+            per_replica = input_context.get_per_replica_batch_size(global_batch)
+            ds = task.dataset(config, "train", training=True, seed=config.seed * 100_003 + epoch, input_context=input_context)
+            ds = ds.batch(per_replica, drop_remainder=True).take(steps_per_epoch).skip(skip)
+            return ds.prefetch(tf.data.AUTOTUNE)
+
+        return make
+
+    def replica_step(features, labels):
+        with tf.GradientTape() as tape:
+            logits = model(features, training=True)
+            loss = tf.nn.compute_average_loss(task.loss(labels, logits), global_batch_size=global_batch)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss, tf.reduce_sum(task.correct(labels, logits))
+
+    if train_cfg.jit_compile:
+        replica_step = tf.function(replica_step, jit_compile=True)
+
+    @tf.function
+    def train_step(iterator):
+        features, labels = next(iterator)
+        loss, correct = strategy.run(replica_step, args=(features, labels))
+        sum_ = tf.distribute.ReduceOp.SUM
+        return strategy.reduce(sum_, loss, axis=None), strategy.reduce(sum_, correct, axis=None)
+
+    @tf.function
+    def any_worker(flag):
+        return strategy.reduce(tf.distribute.ReduceOp.MAX, strategy.run(lambda: tf.cast(flag, tf.int32)), axis=None)
+
+    writers = _summary_writers(config.run_dir, is_chief)
+    budget = train_cfg.time_limit_minutes * 60 if train_cfg.time_limit_minutes else None
+    progress = _Progress(stop_step, step, log, train_cfg.log_every_steps)
+    stopped = None
+    log(
+        f"Training {task.name} ({config.model.type if hasattr(config.model, 'type') else 'model'}, "
+        f"{model.count_params():,} parameters) for {train_cfg.epochs} epochs x {steps_per_epoch} steps, "
+        f"global batch {global_batch} on {num_workers} worker(s), precision {train_cfg.precision}."
+    )
+
+    while step < stop_step and stopped is None:
+        epoch = step // steps_per_epoch
+        skip = step - epoch * steps_per_epoch
+        iterator = iter(strategy.distribute_datasets_from_function(dataset_fn(epoch, skip)))
+        epoch_end = min((epoch + 1) * steps_per_epoch, stop_step)
+        loss_sum = correct_sum = 0.0
+        count = 0
+        tick, tick_step = time.perf_counter(), step
+        while step < epoch_end:
+            loss, correct = train_step(iterator)
+            step += 1
+            count += 1
+            loss_sum += float(loss)
+            correct_sum += float(correct)
+            now = time.perf_counter()
+            train_seconds.assign_add(now - tick)
+            rate = (step - tick_step) * global_batch / max(now - tick, 1e-9)
+            tick, tick_step = now, step
+            if step % train_cfg.log_every_steps == 0 or step == epoch_end:
+                lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+                with writers["train"].as_default(step=step):
+                    tf.summary.scalar("loss", loss_sum / count)
+                    tf.summary.scalar("accuracy", correct_sum / (count * global_batch))
+                    tf.summary.scalar("learning_rate", lr)
+                    tf.summary.scalar("examples_per_second", rate)
+                progress.update(
+                    step,
+                    {"epoch": epoch + 1, "loss": loss_sum / count, "accuracy": correct_sum / (count * global_batch),
+                     "lr": lr, "q/s": round(rate)},
+                )
+                if budget is not None:
+                    over = float(train_seconds.numpy()) >= budget
+                    if num_workers > 1:
+                        over = bool(any_worker(over))
+                    if over:
+                        stopped = "time_limit"
+                        break
+            if step % train_cfg.checkpoint_every_steps == 0:
+                manager.save(checkpoint_number=step)
+
+        manager.save(checkpoint_number=step)
+        if step == (epoch + 1) * steps_per_epoch and is_chief:
+            entry = {
+                "epoch": epoch + 1,
+                "step": step,
+                "train_seconds": round(float(train_seconds.numpy()), 1),
+                "train_loss": loss_sum / max(count, 1),
+                "train_accuracy": correct_sum / max(count * global_batch, 1),
+            }
+            if "val" in train_cfg.eval_splits:
+                report = _evaluate(task, model, config, "val")
+                entry["val"] = report.metrics
+                with writers["val"].as_default(step=step):
+                    for name, value in report.metrics.items():
+                        tf.summary.scalar(name, value)
+                log(f"epoch {epoch + 1}: " + "  ".join(f"val {k} {100 * v:.2f}%" for k, v in report.metrics.items()))
+            history.append(entry)
+            _write_metrics(metrics_path, config, history, step, total_steps, train_seconds, complete=False)
+
+    if stopped == "time_limit":
+        log(f"Stopped at step {step}: train.time_limit_minutes={train_cfg.time_limit_minutes} used up.")
+
+    result = {}
+    if is_chief:
+        with atomic_path(os.path.join(config.run_dir, MODEL_FILE)) as tmp:
+            model.save(tmp)
+        evaluation = {}
+        for split in train_cfg.eval_splits:
+            report = _evaluate(task, model, config, split)
+            evaluation[split] = report.to_json()
+            log(report.table())
+        result = _write_metrics(
+            metrics_path, config, history, step, total_steps, train_seconds,
+            complete=step >= stop_step, evaluation=evaluation, stopped=stopped,
+        )
+    for writer in writers.values():
+        writer.close()
+    return result
+
+
+def _summary_writers(run_dir, is_chief):
+    if not is_chief:
+        return {"train": tf.summary.create_noop_writer(), "val": tf.summary.create_noop_writer()}
+    return {name: tf.summary.create_file_writer(os.path.join(run_dir, "logs", name)) for name in ("train", "val")}
+
+
+def _load_history(path, completed_epochs):
+    """Epoch history from a previous (interrupted) run, cut back to the epochs the checkpoint has."""
+    import json
+
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            history = json.load(f).get("history", [])
+    except (OSError, ValueError):
+        return []
+    return [entry for entry in history if entry.get("epoch", 0) <= completed_epochs]
+
+
+def _write_metrics(path, config, history, step, total_steps, train_seconds, complete, evaluation=None, stopped=None):
+    metrics = {
+        "task": config.task,
+        "model": getattr(config.model, "type", None),
+        "seed": config.seed,
+        "run_dir": config.run_dir,
+        "complete": bool(complete),
+        "stopped": stopped,
+        "step": int(step),
+        "total_steps": int(total_steps),
+        "epochs_completed": len(history),
+        "train_seconds": round(float(train_seconds.numpy()), 1),
+        "hardware": hardware(),
+        "command": " ".join(sys.argv) if sys.argv and sys.argv[0] else None,
+        "history": history,
+        "evaluation": evaluation or {},
+    }
+    atomic_write_json(path, metrics)
+    return metrics

@@ -1,0 +1,33 @@
+"""Shared by the command-line tools: quiet TensorFlow start-up, config flags, and user-facing errors."""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout, uninstalled
+
+from absl import flags  # noqa: E402
+
+from relation_networks.errors import UserError  # noqa: E402
+
+
+def define_config_flags():
+    flags.DEFINE_string("config", None, "YAML experiment config, e.g. configs/sort_of_clevr.yaml.")
+    flags.DEFINE_multi_string("set", [], "Override a config value: --set train.epochs=3 (repeatable).")
+    flags.DEFINE_string("run_dir", None, "Run directory (default: the config's run_dir, else runs/<config name>).")
+
+
+def main_wrapper(main):
+    """Run `main(argv)`; a `UserError` becomes one line on stderr and exit status 2, never a traceback."""
+
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted; re-run the same command to resume from the last checkpoint.", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapped
