@@ -36,6 +36,9 @@ class ConvObjectExtractor(keras.layers.Layer):
         kernel_size: conv kernel size (3 in the paper).
         strides: conv stride (2 in the paper).
         coordinate_range: `(low, high)` range of the coordinate tags.
+        bn_momentum: momentum of the batch-norm moving statistics. 0.9 (PyTorch's default, used by the public
+            reproductions) rather than Keras's 0.99: at the learning rates that train fast, the conv statistics
+            move faster than a 0.99 average can follow, and inference-mode accuracy collapses.
         synchronized_bn: use `BatchNormalization(synchronized=True)`, which keeps the moving statistics identical
             across replicas in synchronous multi-worker training.
         output_mode: `"objects"` (default) for the coordinate-tagged object set, or `"feature_map"` for the raw
@@ -55,6 +58,7 @@ class ConvObjectExtractor(keras.layers.Layer):
         kernel_size=3,
         strides=2,
         coordinate_range=(-1.0, 1.0),
+        bn_momentum=0.9,
         synchronized_bn=False,
         output_mode="objects",
         **kwargs,
@@ -76,13 +80,18 @@ class ConvObjectExtractor(keras.layers.Layer):
         self.kernel_size = int(kernel_size)
         self.strides = int(strides)
         self.coordinate_range = (float(low), float(high))
+        if not 0.0 <= float(bn_momentum) < 1.0:
+            raise ValueError(f"Invalid value for argument bn_momentum: expected a value in [0, 1), got {bn_momentum!r}.")
+        self.bn_momentum = float(bn_momentum)
         self.synchronized_bn = bool(synchronized_bn)
         self.blocks = []
         for k, f in enumerate(self.filters):
             conv = keras.layers.Conv2D(
                 f, self.kernel_size, strides=self.strides, padding="same", use_bias=False, name=f"conv_{k}"
             )
-            bn = keras.layers.BatchNormalization(synchronized=self.synchronized_bn, name=f"bn_{k}")
+            bn = keras.layers.BatchNormalization(
+                momentum=self.bn_momentum, synchronized=self.synchronized_bn, name=f"bn_{k}"
+            )
             self.blocks.append((conv, bn))
 
     def build(self, images_shape):
@@ -126,6 +135,7 @@ class ConvObjectExtractor(keras.layers.Layer):
             kernel_size=self.kernel_size,
             strides=self.strides,
             coordinate_range=list(self.coordinate_range),
+            bn_momentum=self.bn_momentum,
             synchronized_bn=self.synchronized_bn,
             output_mode=self.output_mode,
         )

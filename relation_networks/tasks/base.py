@@ -48,6 +48,34 @@ class Task:
         predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
         return tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
 
+    # -- serving (relation_networks.export) -----------------------------------------------------------------------
+
+    def multilabel(self, config):
+        """True when each logit is an independent yes/no output (sigmoid), False for one softmax over classes."""
+        return False
+
+    def serving_outputs(self, config, logits):
+        """The serving signature's outputs for float32 `logits`: `logits`, `probabilities`, `answer_id`."""
+        if self.multilabel(config):
+            probabilities = tf.sigmoid(logits)
+            return {"logits": logits, "probabilities": probabilities, "answer_id": tf.cast(logits > 0, tf.int32)}
+        return {
+            "logits": logits,
+            "probabilities": tf.nn.softmax(logits),
+            "answer_id": tf.argmax(logits, axis=-1, output_type=tf.int32),
+        }
+
+    def tflite_batch_size(self, config):
+        """Static batch size of the serving/TFLite signature, or None for a dynamic batch."""
+        return None
+
+    def answer_names(self, config):
+        """Names of the answer classes (for predictions in words), or None."""
+        return None
+
+    def write_serving_assets(self, config, directory):
+        """Write files a client needs next to an exported model (e.g. a vocabulary)."""
+
     # -- evaluation ----------------------------------------------------------------------------------------------
 
     def predictions(self, predict_fn, config, split, batch_size):

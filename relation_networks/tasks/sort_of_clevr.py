@@ -43,6 +43,7 @@ class SortOfClevrModel:
     aggregation: str = choice("sum", ("sum", "mean"))
     factorized: bool = True
     pair_chunk_size: typing.Optional[int] = None
+    bn_momentum: float = 0.9
     synchronized_bn: bool = False
 
 
@@ -54,6 +55,7 @@ def build_model(model_config, name="sort_of_clevr"):
     pixels = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(image)
     cnn = ConvObjectExtractor(
         model_config.conv_filters,
+        bn_momentum=model_config.bn_momentum,
         synchronized_bn=model_config.synchronized_bn,
         output_mode="objects" if model_config.type == "rn" else "feature_map",
         name="cnn",
@@ -142,6 +144,9 @@ class SortOfClevr(Task):
 
     def build_model(self, config):
         return build_model(config.model)
+
+    def answer_names(self, config):
+        return list(soc.ANSWERS)
 
     def paper_results(self, config):
         if config.model.type == "rn":

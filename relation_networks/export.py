@@ -1,0 +1,335 @@
+"""The one export path for every task: SavedModel (TF Serving layout) + TFLite (float32 and dynamic-range
+quantised), checked for parity against the Keras model on real task inputs, written atomically.
+
+Layout of `saved_models/<task>/<version>/`:
+    saved_model.pb, variables/, assets/   the SavedModel; signature `serving_default`
+    model.tflite                           float32 TFLite, signature `serving_default`
+    model_quant.tflite                     dynamic-range quantised TFLite (int8 weights)
+    config.yaml                            the experiment config (for tools/evaluate.py --model)
+    signature.json                         input/output names, shapes and dtypes; the parity results
+    example_request.json                   a TF Serving REST body (`instances`) made from a real example
+Extra files beside a SavedModel are ignored by TF Serving.
+
+Signature (every task): inputs named after the model's `keras.Input`s (a task's docs list them); outputs
+`logits` (float32), `probabilities` (softmax, or sigmoid for multi-label tasks) and `answer_id` (int32 argmax, or
+0/1 per output for multi-label tasks).
+"""
+
+import json
+import os
+import re
+
+import numpy as np
+
+from relation_networks import config as config_lib
+from relation_networks.errors import UserError
+from relation_networks.io import atomic_directory, atomic_write_json
+
+SIGNATURE = "serving_default"
+FLOAT_TOLERANCE = 1e-4  # max |probability difference| for SavedModel and float32 TFLite
+QUANTIZED_TOLERANCE = 0.1  # max |probability difference| for the dynamic-range quantised TFLite
+QUANTIZED_MIN_AGREEMENT = 0.9  # fraction of top-1 answers the quantised model must share with Keras
+
+
+class ExportError(UserError):
+    """The export failed a check; nothing was written."""
+
+
+class RequestError(UserError):
+    """A prediction request does not match the model's signature."""
+
+
+def _serving_specs(model, task, config):
+    import tensorflow as tf
+
+    batch = task.tflite_batch_size(config)
+    specs = {}
+    for tensor in model.inputs:
+        name = tensor.name.split(":")[0]
+        specs[name] = tf.TensorSpec([batch] + list(tensor.shape[1:]), tf.as_dtype(tensor.dtype), name=name)
+    return specs
+
+
+def float32_model(task, config, trained):
+    """Rebuild `trained` under the float32 policy (a mixed-precision model's bfloat16 ops do not belong in a
+    serving graph or a TFLite flatbuffer) and copy its weights."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        model = task.build_model(config)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    model.set_weights(trained.get_weights())
+    return model
+
+
+def _example_batch(task, config, count):
+    """`count` real examples (features dict of NumPy arrays) from the test split, else validation."""
+    for split in ("test", "val", "train"):
+        try:
+            ds = task.dataset(config, split, training=False).batch(count).take(1)
+            for features, _ in ds.as_numpy_iterator():
+                return features, split
+        except (UserError, ValueError, OSError):
+            continue
+    raise ExportError(f"No data found for task {task.name!r} to check the export with; check data.dir.")
+
+
+def _compare(reference, candidate, name, max_diff, min_agreement, multilabel):
+    diff = float(np.max(np.abs(reference - candidate)))
+    if multilabel:
+        agreement = float(np.mean((reference > 0.5) == (candidate > 0.5)))
+    else:
+        agreement = float(np.mean(reference.argmax(-1) == candidate.argmax(-1)))
+    ok = diff <= max_diff and agreement >= min_agreement
+    return {"format": name, "max_abs_diff": diff, "top1_agreement": agreement, "tolerance": max_diff,
+            "min_agreement": min_agreement, "ok": ok}
+
+
+def export(run_dir, out_root="saved_models", version=None, parity_examples=64, log=print,
+           float_tolerance=FLOAT_TOLERANCE, quantized_tolerance=QUANTIZED_TOLERANCE,
+           quantized_min_agreement=QUANTIZED_MIN_AGREEMENT, overrides=()):
+    """Export a trained run to `out_root/<task>/<version>/`; return that path.
+
+    Refuses (raises `ExportError`, writes nothing) if the SavedModel or a TFLite model disagrees with the Keras
+    model beyond the tolerances on `parity_examples` real inputs.
+    """
+    import keras
+    import tensorflow as tf
+
+    from relation_networks import inference, tasks
+
+    config, trained, _ = inference.load_keras_predictor(run_dir, overrides)
+    task = tasks.get(config.task)
+    model = float32_model(task, config, trained)
+    task_dir = os.path.join(out_root, task.name)
+    if version is None:
+        existing = [int(v) for v in os.listdir(task_dir) if v.isdigit()] if os.path.isdir(task_dir) else []
+        version = max(existing, default=0) + 1
+    target = os.path.join(task_dir, str(version))
+    if os.path.exists(target):
+        raise ExportError(f"{target} already exists; pass another --version (TF Serving versions are immutable).")
+
+    specs = _serving_specs(model, task, config)
+    features, split = _example_batch(task, config, parity_examples)
+    multilabel = task.multilabel(config)
+
+    def serve(inputs):
+        logits = tf.cast(model(inputs, training=False), tf.float32)
+        return task.serving_outputs(config, logits)
+
+    with atomic_directory(target) as tmp:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(name=SIGNATURE, fn=serve, input_signature=[specs])
+        archive.write_out(tmp, verbose=False)
+
+        reference = task.serving_outputs(config, model(features, training=False))["probabilities"].numpy()
+        checks = []
+        saved = load_saved_model(tmp)
+        checks.append(_compare(reference, saved(features)["probabilities"], "saved_model", float_tolerance, 0.0, multilabel))
+
+        for name, quantize in (("model.tflite", False), ("model_quant.tflite", True)):
+            converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SIGNATURE])
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex: LiteRT has none
+            if quantize:
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            try:
+                flatbuffer = converter.convert()
+            except Exception as e:  # the converter raises many types; the message is what matters
+                raise ExportError(f"TFLite conversion of {task.name} failed: {str(e).strip().splitlines()[-1]}") from None
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(flatbuffer)
+            runner = load_tflite(os.path.join(tmp, name))
+            out = run_in_batches(runner, features, task.tflite_batch_size(config))["probabilities"]
+            checks.append(
+                _compare(reference, out, name, quantized_tolerance if quantize else float_tolerance,
+                         quantized_min_agreement if quantize else 0.0, multilabel)
+            )
+
+        for check in checks:
+            log(f"parity {check['format']:<20} max |diff| {check['max_abs_diff']:.2e} (tolerance {check['tolerance']:g})"
+                f"  top-1 agreement {100 * check['top1_agreement']:.1f}%  {'ok' if check['ok'] else 'FAILED'}")
+        failed = [c["format"] for c in checks if not c["ok"]]
+        if failed:
+            raise ExportError(f"Export refused: {', '.join(failed)} disagree with the Keras model beyond the tolerance.")
+
+        config_lib.save(config, os.path.join(tmp, "config.yaml"))
+        task.write_serving_assets(config, tmp)
+        atomic_write_json(os.path.join(tmp, "signature.json"), {
+            "task": task.name,
+            "signature": SIGNATURE,
+            "inputs": {k: {"shape": [None if d is None else int(d) for d in s.shape], "dtype": s.dtype.name}
+                       for k, s in specs.items()},
+            "outputs": sorted(task.serving_outputs(config, model(features, training=False)).keys()),
+            "answers": task.answer_names(config),
+            "parity": {"examples": len(next(iter(features.values()))), "split": split, "checks": checks},
+        })
+        first = {k: v[:1] for k, v in features.items()}
+        atomic_write_json(os.path.join(tmp, "example_request.json"), {"instances": to_instances(first)})
+    log(f"Exported {task.name} to {target}")
+    return target
+
+
+def run_in_batches(runner, features, batch_size):
+    if batch_size is None:
+        return runner(features)
+    n = len(next(iter(features.values())))
+    parts = [runner({k: v[i : i + batch_size] for k, v in features.items()}) for i in range(0, n, batch_size)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def to_instances(features):
+    """Features dict of batched arrays -> TF Serving REST `instances` (a list of per-example dicts)."""
+    n = len(next(iter(features.values())))
+    return [{k: np.asarray(v[i]).tolist() for k, v in features.items()} for i in range(n)]
+
+
+# -- loading and requests ----------------------------------------------------------------------------------------
+
+
+def load_saved_model(path):
+    """`fn(features dict of NumPy) -> outputs dict of NumPy` for a SavedModel's serving signature.
+    Needs no project code: only TensorFlow."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(path).signatures[SIGNATURE]
+    _, specs = signature.structured_input_signature
+
+    def run(features):
+        inputs = {k: tf.convert_to_tensor(features[k], dtype=specs[k].dtype) for k in specs}
+        return {k: v.numpy() for k, v in signature(**inputs).items()}
+
+    run.specs = {k: {"shape": list(s.shape), "dtype": s.dtype.name} for k, s in specs.items()}
+    return run
+
+
+def load_tflite(path):
+    """`fn(features dict of NumPy) -> outputs dict of NumPy` for a `.tflite` file, run with LiteRT."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path)
+    runner = interpreter.get_signature_runner(SIGNATURE)
+    details = runner.get_input_details()
+
+    def run(features):
+        return runner(**{k: np.asarray(features[k], dtype=d["dtype"]) for k, d in details.items()})
+
+    run.specs = {k: {"shape": [None if s < 0 else int(s) for s in d["shape_signature"]],
+                     "dtype": np.dtype(d["dtype"]).name} for k, d in details.items()}
+    return run
+
+
+def load_predictor(path, overrides=()):
+    """(config, predict_fn -> logits) for an exported SavedModel directory or `.tflite` file."""
+    directory = os.path.dirname(path) if path.endswith(".tflite") else path
+    config_path = os.path.join(directory, "config.yaml")
+    if not os.path.isfile(config_path):
+        raise UserError(f"{directory} has no config.yaml: export with tools/export.py to get one.")
+    config = config_lib.load(config_path, overrides)
+    run = load_tflite(path) if path.endswith(".tflite") else load_saved_model(path)
+    from relation_networks import tasks
+
+    batch = tasks.get(config.task).tflite_batch_size(config) if path.endswith(".tflite") else None
+    return config, lambda features: run_in_batches(run, features, batch)["logits"]
+
+
+def validate_request(request, specs):
+    """Check a REST-style request (`{"instances": [...]}` or `{"inputs": {...}}`) against the input specs
+    (`{name: {"shape": [None, ...], "dtype": ...}}`); return the batched features dict or raise `RequestError`."""
+    if not isinstance(request, dict) or not ({"instances", "inputs"} & set(request)):
+        raise RequestError('The request must be a JSON object with "instances" (a list of examples) or "inputs".')
+    if "instances" in request:
+        instances = request["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise RequestError('"instances" must be a non-empty list of examples.')
+        for i, instance in enumerate(instances):
+            if not isinstance(instance, dict):
+                raise RequestError(f"instance {i} must be an object with keys {sorted(specs)}.")
+            missing, extra = set(specs) - set(instance), set(instance) - set(specs)
+            if missing or extra:
+                raise RequestError(
+                    f"instance {i}: expected inputs {sorted(specs)}"
+                    + (f", missing {sorted(missing)}" if missing else "") + (f", unknown {sorted(extra)}" if extra else "")
+                )
+        columns = {k: [inst[k] for inst in instances] for k in specs}
+    else:
+        columns = request["inputs"]
+        if not isinstance(columns, dict) or set(columns) != set(specs):
+            raise RequestError(f'"inputs" must be an object with exactly the keys {sorted(specs)}.')
+    features = {}
+    for name, spec in specs.items():
+        dtype = np.dtype(spec["dtype"])
+        try:
+            array = np.asarray(columns[name])
+        except ValueError:
+            raise RequestError(f"input {name!r}: ragged or malformed array.") from None
+        if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+            raise RequestError(f"input {name!r}: expected numbers of type {dtype.name}, got {array.dtype}.")
+        expected = spec["shape"][1:]
+        if array.ndim != len(expected) + 1 or any(e is not None and e != a for e, a in zip(expected, array.shape[1:])):
+            raise RequestError(
+                f"input {name!r}: each example must have shape {tuple(expected)}, got {tuple(array.shape[1:])}."
+            )
+        if np.issubdtype(dtype, np.integer):
+            if not np.issubdtype(array.dtype, np.integer) and not np.all(np.mod(array, 1) == 0):
+                raise RequestError(f"input {name!r}: expected integers ({dtype.name}), got fractional values.")
+            info = np.iinfo(dtype)
+            if array.size and (array.min() < info.min or array.max() > info.max):
+                raise RequestError(f"input {name!r}: values must lie in [{info.min}, {info.max}] ({dtype.name}).")
+        features[name] = array.astype(dtype)
+    return features
+
+
+def write_serving_doc(out_root, path, saved_models_url="saved_models"):
+    """(Re)generate docs/SERVING.md from the exported models under `out_root` (their signature.json and
+    example_request.json), so the documented requests are real ones."""
+    sections = []
+    for task_name in sorted(os.listdir(out_root)) if os.path.isdir(out_root) else []:
+        versions = sorted((int(v) for v in os.listdir(os.path.join(out_root, task_name)) if v.isdigit()))
+        if not versions:
+            continue
+        directory = os.path.join(out_root, task_name, str(versions[-1]))
+        with open(os.path.join(directory, "signature.json")) as f:
+            signature = json.load(f)
+        with open(os.path.join(directory, "example_request.json")) as f:
+            request = json.load(f)
+        body = json.dumps(request, separators=(",", ":"))
+        shown = body if len(body) <= 1500 else re.sub(r"\[\[\[.*?\]\]\]", "[[[...]]]", body, count=1)
+        if len(shown) > 1500:
+            shown = shown[:1500] + " ..."
+        inputs = "\n".join(f"| `{k}` | {v['dtype']} | {v['shape']} |" for k, v in signature["inputs"].items())
+        checks = "\n".join(
+            f"| {c['format']} | {c['max_abs_diff']:.2e} | {100 * c['top1_agreement']:.1f}% | {c['tolerance']:g} |"
+            for c in signature["parity"]["checks"]
+        )
+        sections.append(
+            f"## {task_name} (version {versions[-1]})\n\n| input | dtype | shape |\n|---|---|---|\n{inputs}\n\n"
+            f"Outputs: {', '.join(f'`{o}`' for o in signature['outputs'])}.\n\n"
+            f"Parity on {signature['parity']['examples']} real `{signature['parity']['split']}` examples "
+            f"(max |probability difference| against the Keras model):\n\n"
+            f"| format | max abs diff | top-1 agreement | tolerance |\n|---|---|---|---|\n{checks}\n\n"
+            f"Request body (`{saved_models_url}/{task_name}/{versions[-1]}/example_request.json`"
+            f"{', abbreviated here' if shown != body else ''}):\n\n```json\n{shown}\n```\n\n"
+            f"```\ncurl -d @{saved_models_url}/{task_name}/{versions[-1]}/example_request.json \\\n"
+            f"  http://localhost:8501/v1/models/{task_name}:predict\n```\n"
+        )
+    header = (
+        "# Serving\n\n_Generated by `tools/export.py` from the exported models; do not edit by hand._\n\n"
+        "Every exported model lives in TF Serving's layout `saved_models/<task>/<version>/` with a "
+        "`serving_default` signature. Serve one task with the official image:\n\n"
+        "```\ndocker run -p 8501:8501 \\\n"
+        "  --mount type=bind,source=$PWD/saved_models/sort_of_clevr,target=/models/sort_of_clevr \\\n"
+        "  -e MODEL_NAME=sort_of_clevr tensorflow/serving\n```\n\n"
+        "or with the binary: `tensorflow_model_server --rest_api_port=8501 --model_name=<task> "
+        "--model_base_path=$PWD/saved_models/<task>`.\n\n"
+        "Inspect a signature with `saved_model_cli show --dir saved_models/<task>/<version> --all`. Locally, without "
+        "a server: `python tools/predict.py --model saved_models/<task>/<version> --input request.json` (or the "
+        "`model.tflite` / `model_quant.tflite` file in the same directory, run with LiteRT).\n\n"
+        "Outputs of every task: `logits`, `probabilities` (softmax; sigmoid for multi-label tasks) and `answer_id`.\n\n"
+    )
+    with open(path + ".tmp", "w") as f:
+        f.write(header + "\n".join(sections))
+    os.replace(path + ".tmp", path)

@@ -1,0 +1,82 @@
+import textwrap
+
+import pytest
+
+from relation_networks import config as config_lib
+from relation_networks.config import ConfigError
+
+
+def _write(tmp_path, text, name="exp.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def test_defaults_types_and_run_dir(tmp_path):
+    path = _write(tmp_path, """
+        task: sort_of_clevr
+        model: {g_units: [8, 8], f_units: [4]}
+        train: {learning_rate: 1e-3, epochs: 2}
+    """)
+    config = config_lib.load(path)
+    assert config.model.g_units == [8, 8]
+    assert config.train.learning_rate == 1e-3 and isinstance(config.train.learning_rate, float)
+    assert config.train.distribute.strategy == "default"
+    assert config.data.train_images == 9800
+    assert config.run_dir == "runs/exp"
+
+
+def test_overrides(tmp_path):
+    path = _write(tmp_path, "task: sort_of_clevr\n")
+    config = config_lib.load(path, ["train.epochs=3", "model.g_units=[4,4]", "train.learning_rate=2e-4",
+                                    "train.distribute.strategy=mirrored", "run_dir=/tmp/x"])
+    assert config.train.epochs == 3 and config.model.g_units == [4, 4]
+    assert config.train.learning_rate == 2e-4 and config.train.distribute.strategy == "mirrored"
+    assert config.run_dir == "/tmp/x"
+
+
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        ("task: sort_of_clevr\nmodel: {g_unit: [8]}\n", [], r"unknown key 'model.g_unit'"),
+        ("task: sort_of_clevr\ntrain: {epochs: three}\n", [], r"'train.epochs' must be a int"),
+        ("task: sort_of_clevr\ntrain: {epochs: 2.5}\n", [], r"'train.epochs' must be a int"),
+        ("task: sort_of_clevr\nmodel: {g_units: 8}\n", [], r"'model.g_units' must be a list of int"),
+        ("task: sort_of_clevr\nmodel: {type: cnn}\n", [], r"'model.type' must be one of \['rn', 'mlp'\]"),
+        ("task: nope\n", [], r"unknown task 'nope'"),
+        ("model: {}\n", [], r"required key 'task'"),
+        ("task: sort_of_clevr\nextra: 1\n", [], r"unknown key 'extra'"),
+        ("task: sort_of_clevr\n", ["train.epoch=3"], r"unknown key 'train.epoch'"),
+        ("task: sort_of_clevr\n", ["train.epochs"], r"expected KEY=VALUE"),
+        ("task: sort_of_clevr\ntrain: [1, 2]\n", [], r"'train' must be a mapping"),
+        ("task: [sort_of_clevr\n", [], r"not valid YAML"),
+    ],
+)
+def test_errors_name_the_key_and_file(tmp_path, text, overrides, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        config_lib.load(path, overrides)
+    assert path in str(info.value) or "--set" in str(info.value)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="not found"):
+        config_lib.load("/nonexistent/config.yaml")
+
+
+def test_shipped_configs_load():
+    import glob
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = glob.glob(os.path.join(root, "configs", "*.yaml"))
+    assert paths
+    for path in paths:
+        config_lib.load(path)
+
+
+def test_save_round_trip(tmp_path):
+    config = config_lib.load(_write(tmp_path, "task: sort_of_clevr\nmodel: {g_units: [3]}\n"))
+    config_lib.save(config, str(tmp_path / "copy.yaml"))
+    again = config_lib.load(str(tmp_path / "copy.yaml"))
+    assert config_lib.to_dict(again) == config_lib.to_dict(config)

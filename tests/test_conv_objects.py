@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+import keras
+
+from relation_networks import ConvObjectExtractor
+from relation_networks.layers import cell_coordinates
+
+
+def test_coordinates_row_uses_integer_division():
+    coords = cell_coordinates(3, 4).numpy()  # 3 rows, 4 columns
+    assert coords.shape == (12, 2)
+    for k in range(12):
+        row, col = k // 4, k % 4
+        np.testing.assert_allclose(coords[k], [-1 + 2 * row / 2, -1 + 2 * col / 3], atol=1e-6)
+
+
+def test_objects_shape_features_and_tags():
+    images = np.random.default_rng(0).uniform(size=(2, 75, 40, 3)).astype("float32")
+    layer = ConvObjectExtractor([4, 6, 5, 7])
+    objects = layer(images).numpy()
+    feature_map = layer.feature_map(images).numpy()  # [2, 5, 3, 7]
+    assert feature_map.shape == (2, 5, 3, 7)
+    assert objects.shape == (2, 15, 9)
+    np.testing.assert_allclose(objects[..., :7], feature_map.reshape(2, 15, 7), rtol=1e-6)
+    # Cell (row 1, col 2) is object 1 * 3 + 2 = 5.
+    np.testing.assert_allclose(objects[0, 5, 7:], [-0.5, 1.0], atol=1e-6)
+    assert objects[..., 7:].min() == -1.0 and objects[..., 7:].max() == 1.0
+    assert layer.compute_output_shape((None, 75, 40, 3)) == (None, 15, 9)
+
+
+def test_sort_of_clevr_grid_is_5x5():
+    layer = ConvObjectExtractor([4, 4, 4, 4])
+    assert layer(np.zeros((1, 75, 75, 3), "float32")).shape == (1, 25, 6)
+
+
+def test_config_round_trip():
+    layer = ConvObjectExtractor([4, 8], coordinate_range=(0.0, 1.0), synchronized_bn=True, output_mode="feature_map")
+    clone = ConvObjectExtractor.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(filters=[]), "filters"), (dict(filters=[4], coordinate_range=(1, -1)), "coordinate_range"),
+     (dict(filters=[4], output_mode="cells"), "output_mode")],
+)
+def test_argument_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ConvObjectExtractor(**kwargs)

@@ -1,0 +1,195 @@
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from relation_networks import RelationModule
+
+
+def _inputs(batch=3, n=5, d=4, q=6, seed=0):
+    rng = np.random.default_rng(seed)
+    objects = rng.normal(size=(batch, n, d)).astype("float32")
+    question = rng.normal(size=(batch, q)).astype("float32")
+    return objects, question
+
+
+def _layer(**kwargs):
+    kwargs.setdefault("g_units", [16, 16, 8])
+    kwargs.setdefault("f_units", [16, 3])
+    return RelationModule(**kwargs)
+
+
+def test_hand_computed_values():
+    # g: one linear unit + ReLU, f: one linear output. RN = w_f * sum_ij relu(a.o_i + b.o_j + c.q) + b_f.
+    objects = np.array([[[1.0], [2.0]]], "float32")
+    question = np.array([[0.5]], "float32")
+    layer = RelationModule([1], [1])
+    layer(objects, question=question)
+    layer.set_weights([
+        np.array([[1.0], [-1.0], [2.0]], "float32"),  # g first layer kernel over [o_i; o_j; q]
+        np.array([0.5], "float32"),  # g first layer bias
+        np.array([[3.0]], "float32"),  # f kernel
+        np.array([1.0], "float32"),  # f bias
+    ])
+    relations = [max(0.0, oi - oj + 2 * 0.5 + 0.5) for oi in (1.0, 2.0) for oj in (1.0, 2.0)]
+    expected = 3.0 * sum(relations) + 1.0
+    np.testing.assert_allclose(layer(objects, question=question).numpy(), [[expected]], rtol=1e-6)
+
+
+def test_factorized_equals_naive_pairing():
+    objects, question = _inputs()
+    mask = np.array([[1, 1, 1, 0, 0], [1] * 5, [1, 0, 1, 1, 1]], "float32")
+    layer = _layer()
+    factorized = layer(objects, question=question, object_mask=mask).numpy()
+    layer.factorized = False
+    naive = layer(objects, question=question, object_mask=mask).numpy()
+    np.testing.assert_allclose(factorized, naive, rtol=1e-5, atol=1e-5)
+    assert np.abs(factorized).max() > 1e-3  # not trivially zero
+
+
+def test_factorized_equals_naive_without_question():
+    objects, _ = _inputs()
+    layer = _layer()
+    factorized = layer(objects).numpy()
+    layer.factorized = False
+    np.testing.assert_allclose(factorized, layer(objects).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("aggregation", ["sum", "mean"])
+def test_permutation_invariance(aggregation):
+    objects, question = _inputs(n=7)
+    mask = np.ones((3, 7), "float32")
+    mask[0, 5:] = 0
+    layer = _layer(aggregation=aggregation)
+    expected = layer(objects, question=question, object_mask=mask).numpy()
+    perm = np.random.default_rng(1).permutation(7)
+    permuted = layer(objects[:, perm], question=question, object_mask=mask[:, perm]).numpy()
+    np.testing.assert_allclose(permuted, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("aggregation", ["sum", "mean"])
+def test_padded_objects_contribute_nothing(aggregation):
+    objects, question = _inputs(n=4)
+    layer = _layer(aggregation=aggregation)
+    unpadded = layer(objects, question=question).numpy()
+    garbage = np.random.default_rng(2).normal(size=(3, 3, 4)).astype("float32") * 100
+    padded = np.concatenate([objects, garbage], axis=1)
+    mask = np.concatenate([np.ones((3, 4)), np.zeros((3, 3))], axis=1).astype("float32")
+    np.testing.assert_allclose(layer(padded, question=question, object_mask=mask).numpy(), unpadded, rtol=1e-5, atol=1e-5)
+
+
+def test_pair_mask_selects_pairs():
+    objects, question = _inputs(batch=1, n=4)
+    layer = _layer(return_relations=True)
+    _, relations = layer(objects, question=question)
+    pair_mask = np.zeros((1, 4, 4), "float32")
+    pair_mask[0, 1, 2] = pair_mask[0, 3, 0] = 1.0
+    output, masked = layer(objects, question=question, pair_mask=pair_mask)
+    np.testing.assert_allclose(masked.numpy()[0][pair_mask[0] == 0], 0.0)
+    np.testing.assert_allclose(masked.numpy()[0, 1, 2], relations.numpy()[0, 1, 2], rtol=1e-6)
+    # f_phi of the sum of the two selected relations:
+    h = relations.numpy()[0, 1, 2] + relations.numpy()[0, 3, 0]
+    for dense in layer.f_phi:
+        h = dense(h[None])[0].numpy()
+    np.testing.assert_allclose(output.numpy()[0], h, rtol=1e-5, atol=1e-6)
+
+
+def test_relations_sum_to_the_aggregate():
+    objects, question = _inputs()
+    layer = _layer(return_relations=True)
+    output, relations = layer(objects, question=question)
+    assert relations.shape == (3, 5, 5, 8)
+    h = keras.ops.sum(relations, axis=(1, 2))
+    for dense in layer.f_phi:
+        h = dense(h)
+    np.testing.assert_allclose(output.numpy(), h.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_pair_chunking_matches_values_and_gradients():
+    objects, question = _inputs(n=7)
+    mask = np.ones((3, 7), "float32")
+    mask[1, 4:] = 0
+    full = _layer()
+    chunked = _layer(pair_chunk_size=3)
+    full(objects, question=question)
+    chunked(objects, question=question)
+    chunked.set_weights(full.get_weights())
+
+    def grads(layer):
+        x = tf.constant(objects)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = layer(x, question=question, object_mask=mask)
+            loss = tf.reduce_sum(out**2)
+        return out, tape.gradient(loss, [x] + layer.trainable_variables)
+
+    out_full, g_full = grads(full)
+    out_chunked, g_chunked = grads(chunked)
+    np.testing.assert_allclose(out_chunked.numpy(), out_full.numpy(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_chunked, g_full):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_dropout_only_in_training():
+    objects, question = _inputs()
+    layer = _layer(dropout=0.5)
+    a = layer(objects, question=question, training=False).numpy()
+    b = layer(objects, question=question, training=False).numpy()
+    np.testing.assert_array_equal(a, b)
+    c = layer(objects, question=question, training=True).numpy()
+    assert not np.allclose(a, c)
+
+
+def test_config_round_trip_and_keras_file(tmp_path):
+    objects, question = _inputs()
+    layer = _layer(dropout=0.25, aggregation="mean", pair_chunk_size=2, name="rn")
+    clone = RelationModule.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+
+    o = keras.Input((5, 4))
+    q = keras.Input((6,))
+    model = keras.Model([o, q], layer(o, question=q))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    np.testing.assert_allclose(restored([objects, question]).numpy(), model([objects, question]).numpy(), rtol=1e-6)
+
+
+def test_functional_model_with_masks():
+    o = keras.Input((5, 4))
+    q = keras.Input((6,))
+    m = keras.Input((5,))
+    out = RelationModule([8], [3])(o, question=q, object_mask=m)
+    model = keras.Model([o, q, m], out)
+    objects, question = _inputs()
+    assert model([objects, question, np.ones((3, 5), "float32")]).shape == (3, 3)
+
+
+def test_mixed_bfloat16():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    layer = _layer()
+    objects, question = _inputs()
+    out = layer(objects, question=question)
+    assert out.dtype == "bfloat16"
+    assert layer.g_kernel.dtype == "float32"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(g_units=[], f_units=[3]), "g_units"),
+        (dict(g_units=[8], f_units=3), "f_units"),
+        (dict(g_units=[8, -1], f_units=[3]), "g_units"),
+        (dict(g_units=[8], f_units=[3], dropout=1.0), "dropout"),
+        (dict(g_units=[8], f_units=[3], aggregation="max"), "aggregation"),
+        (dict(g_units=[8], f_units=[3], pair_chunk_size=0), "pair_chunk_size"),
+    ],
+)
+def test_argument_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RelationModule(**kwargs)
+
+
+def test_rejects_objects_of_wrong_rank():
+    with pytest.raises(ValueError, match="batch, objects, dim"):
+        RelationModule([8], [3])(np.zeros((2, 4), "float32"))

@@ -1,0 +1,106 @@
+"""The generator's answers are re-derived here independently, from the object table and from the pixels."""
+
+import numpy as np
+import pytest
+
+from relation_networks.data import sort_of_clevr as soc
+
+
+@pytest.fixture(scope="module")
+def data():
+    return soc.generate(60, seed=3)
+
+
+def test_shapes_and_dtypes(data):
+    assert data["images"].shape == (60, 75, 75, 3) and data["images"].dtype == np.uint8
+    assert data["questions"].shape == (60, 20, 11) and data["questions"].dtype == np.float32
+    assert data["answers"].shape == (60, 20) and np.issubdtype(data["answers"].dtype, np.integer)
+    assert data["objects"].shape == (60, 6, 4) and data["objects"].dtype == np.float32
+    assert soc.SHAPES == ["square", "circle"]
+    assert len(soc.COLORS) == 6 and len(set(soc.ANSWERS)) == len(soc.ANSWERS)
+
+
+def test_deterministic_by_seed(data):
+    again = soc.generate(60, seed=3)
+    for key in data:
+        np.testing.assert_array_equal(data[key], again[key])
+    other = soc.generate(60, seed=4)
+    assert not np.array_equal(data["objects"], other["objects"])
+
+
+def test_question_encoding(data):
+    q = data["questions"]
+    for lo, hi in ((0, 6), (6, 8), (8, 11)):
+        np.testing.assert_array_equal(q[..., lo:hi].sum(-1), 1.0)
+    np.testing.assert_array_equal(q[:, :10, 6], 1.0)  # first 10 non-relational
+    np.testing.assert_array_equal(q[:, 10:, 7], 1.0)  # last 10 relational
+
+
+def _independent_answer(objects, question):
+    """Answer string from the object table, written without the generator's helpers."""
+    color = int(np.argmax(question[:6]))
+    relational = question[7] == 1
+    subtype = int(np.argmax(question[8:]))
+    row = objects[objects[:, 0] == color][0]
+    shape_name = ["square", "circle"][int(row[3])]
+    if not relational:
+        return [shape_name, "left" if row[1] < 37.5 else "right", "top" if row[2] < 37.5 else "bottom"][subtype]
+    others = objects[objects[:, 0] != color]
+    d2 = (others[:, 1] - row[1]) ** 2 + (others[:, 2] - row[2]) ** 2
+    if subtype == 0:
+        return ["square", "circle"][int(others[np.argmin(d2), 3])]
+    if subtype == 1:
+        return ["square", "circle"][int(others[np.argmax(d2), 3])]
+    return str(int((objects[:, 3] == row[3]).sum()))
+
+
+def test_answers_rederived_for_every_question(data):
+    seen = set()
+    for n in range(len(data["images"])):
+        for k in range(20):
+            q = data["questions"][n, k]
+            assert soc.ANSWERS[data["answers"][n, k]] == _independent_answer(data["objects"][n], q)
+            seen.add(soc.SUBTYPE_NAMES[soc.subtype_index(q)])
+    assert seen == set(soc.SUBTYPE_NAMES)
+
+
+def test_object_table_matches_pixels(data):
+    s = soc.OBJECT_HALF_SIZE
+    for image, objects in zip(data["images"], data["objects"]):
+        np.testing.assert_array_equal(objects[:, 0], np.arange(6))  # row k is colour k
+        for color, x, y, shape in objects:
+            x, y = int(x), int(y)
+            rgb = soc.RGB[soc.COLORS[int(color)]]
+            np.testing.assert_array_equal(image[y, x], rgb)
+            corner = image[y + s, x + s]  # inside a square, outside a circle
+            if soc.SHAPES[int(shape)] == "square":
+                np.testing.assert_array_equal(corner, rgb)
+            else:
+                np.testing.assert_array_equal(corner, [255, 255, 255])
+
+
+def test_objects_do_not_overlap_and_distances_are_unambiguous(data):
+    for objects in data["objects"]:
+        xy = objects[:, 1:3]
+        cheb = np.abs(xy[:, None] - xy[None]).max(-1) + np.eye(6) * 1e9
+        assert cheb.min() > 2 * soc.OBJECT_HALF_SIZE
+        dist = np.hypot(*(xy[:, None] - xy[None]).transpose(2, 0, 1))
+        for k in range(6):
+            d = np.sort(np.delete(dist[k], k))
+            assert d[1] - d[0] >= 1.0 and d[-1] - d[-2] >= 1.0
+
+
+def test_describe():
+    q = soc.encode_question(0, True, 0)
+    assert soc.describe(q) == "What is the shape of the object closest to the red object?"
+    assert soc.decode_question(q) == (0, "closest")
+
+
+def test_prepare_is_atomic_and_reused(tmp_path):
+    path = soc.prepare(str(tmp_path), 0, 6, 2, 9, 3, log=lambda *_: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.split("/")[-1]]
+    mtime = (tmp_path / path.split("/")[-1] / "manifest.json").stat().st_mtime
+    assert soc.prepare(str(tmp_path), 0, 6, 2, 9, 3, log=lambda *_: None) == path
+    assert (tmp_path / path.split("/")[-1] / "manifest.json").stat().st_mtime == mtime
+    with pytest.raises(ValueError, match="test_seed"):
+        soc.prepare(str(tmp_path), 5, 6, 2, 5, 3)

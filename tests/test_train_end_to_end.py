@@ -1,0 +1,81 @@
+"""A tiny Sort-of-CLEVR run through the command-line tools, as a user runs them."""
+
+import json
+import os
+
+import pytest
+
+from conftest import run_tool, tiny_sort_of_clevr_overrides
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    run_dir = str(base / "run")
+    args = ["--config", "configs/sort_of_clevr.yaml"]
+    for o in tiny_sort_of_clevr_overrides(str(base / "data"), run_dir):
+        args += ["--set", o]
+    result = run_tool("train", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, str(base / "data"), result.stdout
+
+
+def test_run_directory_contents(trained_run):
+    run_dir, _, stdout = trained_run
+    for name in ("config.yaml", "metrics.json", "model.keras", "checkpoints", "logs"):
+        assert os.path.exists(os.path.join(run_dir, name)), name
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["complete"] and metrics["epochs_completed"] == 2
+    assert metrics["step"] == metrics["total_steps"] == 2 * (48 * 20 // 32)
+    assert set(metrics["evaluation"]) == {"val", "test"}
+    test = metrics["evaluation"]["test"]
+    assert test["examples"] == 8 * 20
+    assert set(test["groups"]) == {"shape", "horizontal", "vertical", "closest", "furthest", "count"}
+    assert {"accuracy", "relational", "non_relational"} <= set(test["metrics"])
+    assert "relational" in stdout and "closest" in stdout  # the printed breakdown
+    assert os.listdir(os.path.join(run_dir, "logs", "train"))  # TensorBoard events
+
+
+def test_evaluate_tool_prints_table_and_writes_json(trained_run, tmp_path):
+    run_dir, _, _ = trained_run
+    out = str(tmp_path / "report.json")
+    result = run_tool("evaluate", "--run", run_dir, "--split", "test", "--json", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "non_relational" in result.stdout
+    with open(out) as f:
+        report = json.load(f)
+    assert set(report) == {"task", "split", "examples", "metrics", "groups", "paper", "extra"}
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        in_training = json.load(f)["evaluation"]["test"]
+    assert report["metrics"]["accuracy"] == pytest.approx(in_training["metrics"]["accuracy"], abs=1e-6)
+
+
+def test_rerun_of_a_finished_run_resumes_without_training(trained_run):
+    run_dir, data_dir, _ = trained_run
+    args = ["--config", "configs/sort_of_clevr.yaml"]
+    for o in tiny_sort_of_clevr_overrides(data_dir, run_dir):
+        args += ["--set", o]
+    result = run_tool("train", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resumed from" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config", "configs/sort_of_clevr.yaml", "--set", "model.g_unit=[3]"], "unknown key 'model.g_unit'"),
+        (["--config", "configs/sort_of_clevr.yaml", "--set", "train.epochs=x"], "'train.epochs' must be a int"),
+        (["--config", "configs/missing.yaml"], "Config file not found"),
+    ],
+)
+def test_bad_config_is_one_clear_error(args, message):
+    result = run_tool("train", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_evaluate_missing_run_is_one_clear_error(tmp_path):
+    result = run_tool("evaluate", "--run", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr

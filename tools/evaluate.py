@@ -1,0 +1,40 @@
+"""Evaluate a trained model and print the paper's breakdown (accuracy per question subtype / category / task).
+
+    python tools/evaluate.py --run runs/sort_of_clevr [--split test] [--json out.json] [--set data.dir=...]
+    python tools/evaluate.py --model saved_models/sort_of_clevr/1 --split test
+
+`--json` writes the report (keys: task, split, examples, metrics, groups, paper, extra).
+"""
+
+import _common  # noqa: F401
+from absl import app, flags
+
+from relation_networks import inference, tasks
+from relation_networks.errors import UserError
+from relation_networks.io import atomic_write_json
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("run", None, "Run directory written by tools/train.py.")
+flags.DEFINE_string("model", None, "A .keras file, an exported SavedModel directory or a .tflite file.")
+flags.DEFINE_string("split", "test", "Split to evaluate.")
+flags.DEFINE_string("json", None, "Also write the report as JSON to this path.")
+flags.DEFINE_multi_string("set", [], "Override a config value, e.g. --set data.dir=/path (repeatable).")
+flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.")
+
+
+@_common.main_wrapper
+def main(argv):
+    del argv
+    if bool(FLAGS.run) == bool(FLAGS.model):
+        raise UserError("Pass exactly one of --run DIR or --model PATH.")
+    config, predict = inference.load_predictor(FLAGS.run or FLAGS.model, FLAGS.set)
+    task = tasks.get(config.task)
+    task.prepare(config)
+    report = task.evaluate(predict, config, FLAGS.split, batch_size=FLAGS.batch_size)
+    print(report.table())
+    if FLAGS.json:
+        atomic_write_json(FLAGS.json, report.to_json())
+
+
+if __name__ == "__main__":
+    app.run(main)

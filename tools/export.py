@@ -1,0 +1,41 @@
+"""Export a trained run to SavedModel (TF Serving layout) and TFLite, after checking parity on real inputs.
+
+    python tools/export.py --run runs/<run> [--version 1] [--out saved_models]
+
+Writes `<out>/<task>/<version>/` atomically (nothing is written if a check fails) and regenerates
+docs/SERVING.md when exporting into the repository's saved_models/.
+"""
+
+import os
+
+import _common  # noqa: F401
+from absl import app, flags
+
+from relation_networks import export
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("run", None, "Run directory written by tools/train.py.")
+flags.DEFINE_integer("version", None, "Model version (default: one more than the newest).")
+flags.DEFINE_string("out", "saved_models", "Root of the TF Serving layout.")
+flags.DEFINE_multi_string("set", [], "Override a config value, e.g. --set data.dir=/path (repeatable).")
+flags.DEFINE_integer("parity_examples", 64, "Real examples used for the parity checks.")
+flags.DEFINE_string("serving_doc", None, "Regenerate this SERVING.md (default: docs/SERVING.md when --out is "
+                    "the repository's saved_models).")
+flags.mark_flag_as_required("run")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@_common.main_wrapper
+def main(argv):
+    del argv
+    export.export(FLAGS.run, FLAGS.out, FLAGS.version, FLAGS.parity_examples, overrides=FLAGS.set)
+    doc = FLAGS.serving_doc
+    if doc is None and os.path.abspath(FLAGS.out) == os.path.join(ROOT, "saved_models"):
+        doc = os.path.join(ROOT, "docs", "SERVING.md")
+    if doc:
+        export.write_serving_doc(FLAGS.out, doc)
+
+
+if __name__ == "__main__":
+    app.run(main)
