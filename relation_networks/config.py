@@ -46,7 +46,7 @@ class TrainConfig:
     lr_doubling_epochs: float = 20.0
     precision: str = choice("float32", ("float32", "mixed_bfloat16"))
     jit_compile: bool = False
-    shuffle_buffer: int = 10000
+    shuffle: bool = True  # shuffle the training data (seeded per epoch); off only for equivalence tests
     eval_batch_size: int = 256
     checkpoint_every_steps: int = 500
     keep_checkpoints: int = 3

@@ -97,7 +97,7 @@ def restore_latest(checkpoint, manager, log=print):
         try:
             checkpoint.read(path).assert_existing_objects_matched()
             return path
-        except (tf.errors.OpError, ValueError, AssertionError) as e:
+        except Exception as e:  # noqa: BLE001  corrupt files raise OpError, IndexError, ValueError, ...
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             log(f"WARNING: checkpoint {path} could not be restored ({first_line}); trying the previous one.")
             errors.append(first_line)
@@ -131,6 +131,18 @@ def _evaluate(task, model, config, split):
     return task.evaluate(lambda f: predict(f).numpy(), config, split, batch_size=config.train.eval_batch_size)
 
 
+def weights_digest(model):
+    """SHA-256 over every variable of `model` (name, dtype, shape and bytes), in a fixed order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for variable in sorted(model.variables, key=lambda v: v.path):
+        value = keras.ops.convert_to_numpy(variable)
+        digest.update(f"{variable.path}:{value.dtype}:{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
 def train(config, log=print):
     """Train (or resume) the experiment described by `config`; return the final metrics dict."""
     task = tasks.get(config.task)
@@ -141,7 +153,7 @@ def train(config, log=print):
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.train.precision)
     try:
-        return _train(config, task, strategy, is_chief, num_workers, out_dir, say)
+        return _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, say)
     finally:
         keras.config.set_dtype_policy(previous_policy)
         if not is_chief:
@@ -150,7 +162,7 @@ def train(config, log=print):
             shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _train(config, task, strategy, is_chief, num_workers, out_dir, log):
+def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log):
     train_cfg = config.train
     keras.utils.set_random_seed(config.seed)
     task.prepare(config, log=log)
@@ -178,10 +190,15 @@ def _train(config, task, strategy, is_chief, num_workers, out_dir, log):
         optimizer.build(model.trainable_variables)
     train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, train_seconds=train_seconds)
-    manager = tf.train.CheckpointManager(
+    # Every worker restores from the chief's checkpoints (the run directory, shared storage on a real cluster);
+    # each writes its own (saving is collective), and only the chief's are kept.
+    read_manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(config.run_dir, "checkpoints"), max_to_keep=train_cfg.keep_checkpoints
+    )
+    manager = read_manager if is_chief else tf.train.CheckpointManager(
         checkpoint, os.path.join(out_dir, "checkpoints"), max_to_keep=train_cfg.keep_checkpoints
     )
-    restored = restore_latest(checkpoint, manager, log=log)
+    restored = restore_latest(checkpoint, read_manager, log=log)
     step = int(optimizer.iterations.numpy())
     if restored:
         log(f"Resumed from {restored} at step {step} ({float(train_seconds.numpy()):.0f} s of training so far).")
@@ -192,7 +209,10 @@ def _train(config, task, strategy, is_chief, num_workers, out_dir, log):
     def dataset_fn(epoch, skip):
         def make(input_context):
             per_replica = input_context.get_per_replica_batch_size(global_batch)
-            ds = task.dataset(config, "train", training=True, seed=config.seed * 100_003 + epoch, input_context=input_context)
+            ds = task.dataset(
+                config, "train", training=True, shuffle=train_cfg.shuffle, seed=config.seed * 100_003 + epoch,
+                input_context=input_context,
+            )
             ds = ds.batch(per_replica, drop_remainder=True).take(steps_per_epoch).skip(skip)
             return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -220,7 +240,8 @@ def _train(config, task, strategy, is_chief, num_workers, out_dir, log):
 
     @tf.function
     def any_worker(flag):
-        return strategy.reduce(tf.distribute.ReduceOp.MAX, strategy.run(lambda: tf.cast(flag, tf.int32)), axis=None)
+        votes = strategy.run(lambda: tf.cast(flag, tf.int32))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None) > 0
 
     writers = _summary_writers(config.run_dir, is_chief)
     budget = train_cfg.time_limit_minutes * 60 if train_cfg.time_limit_minutes else None
@@ -272,7 +293,8 @@ def _train(config, task, strategy, is_chief, num_workers, out_dir, log):
             if step % train_cfg.checkpoint_every_steps == 0:
                 manager.save(checkpoint_number=step)
 
-        manager.save(checkpoint_number=step)
+        if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
+            manager.save(checkpoint_number=step)
         if step == (epoch + 1) * steps_per_epoch and is_chief:
             entry = {
                 "epoch": epoch + 1,
@@ -293,6 +315,8 @@ def _train(config, task, strategy, is_chief, num_workers, out_dir, log):
 
     if stopped == "time_limit":
         log(f"Stopped at step {step}: train.time_limit_minutes={train_cfg.time_limit_minutes} used up.")
+    # Printed by every worker: synchronous training must leave identical digests.
+    print(f"worker {task_id}: step {step}, weights sha256 {weights_digest(model)}", flush=True)
 
     result = {}
     if is_chief:
@@ -309,6 +333,8 @@ def _train(config, task, strategy, is_chief, num_workers, out_dir, log):
         )
     for writer in writers.values():
         writer.close()
+    if num_workers > 1:
+        any_worker(False)  # a barrier: no worker leaves (and drops out of the cluster) while the chief still works
     return result
 
 

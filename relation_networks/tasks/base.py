@@ -27,10 +27,11 @@ class Task:
         """Number of examples in `split`."""
         raise NotImplementedError
 
-    def dataset(self, config, split, *, training=False, seed=0, input_context=None):
+    def dataset(self, config, split, *, training=False, shuffle=None, seed=0, input_context=None):
         """Unbatched `tf.data.Dataset` of `(features, label)` for `split`, `features` a dict keyed by the model's
-        input names. With `training`, shuffled deterministically from `seed` and augmented; with an
-        `input_context`, only this input pipeline's shard."""
+        input names. With `training`, augmented (where the task augments) and, unless `shuffle=False`, shuffled
+        deterministically from `seed`. With an `input_context`, only this input pipeline's shard: shards are
+        disjoint and each holds at least `num_examples // num_input_pipelines` examples."""
         raise NotImplementedError
 
     # -- model ---------------------------------------------------------------------------------------------------

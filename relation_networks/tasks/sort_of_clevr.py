@@ -119,27 +119,26 @@ class SortOfClevr(Task):
             raise DataError(f"Unknown Sort-of-CLEVR split {split!r}; expected one of {', '.join(SPLITS)}.")
         return split
 
-    def dataset(self, config, split, *, training=False, seed=0, input_context=None):
+    def dataset(self, config, split, *, training=False, shuffle=None, seed=0, input_context=None):
         self._manifest(config)
+        shuffle = training if shuffle is None else shuffle
         path = os.path.join(self._directory(config.data), f"{self._check_split(split)}.tfrecord")
-        images = tf.data.TFRecordDataset(path)
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            images = images.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        images = images.map(soc.parse_example, num_parallel_calls=tf.data.AUTOTUNE).cache()
-        if training:
+        images = tf.data.TFRecordDataset(path).map(soc.parse_example, num_parallel_calls=tf.data.AUTOTUNE).cache()
+        if shuffle:
             images = images.shuffle(100_000, seed=seed, reshuffle_each_iteration=False)
 
         def questions_of(record):
             n = soc.QUESTIONS_PER_IMAGE
-            features = {
-                "image": tf.repeat(record["image"][None], n, axis=0),
-                "question": record["questions"],
-            }
+            features = {"image": tf.repeat(record["image"][None], n, axis=0), "question": record["questions"]}
             return tf.data.Dataset.from_tensor_slices((features, tf.cast(record["answers"], tf.int32)))
 
         examples = images.flat_map(questions_of)
-        if training:
+        if shuffle:
             examples = examples.shuffle(config.data.question_shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=False)
+        # Shard after the (identically seeded) shuffle, per question: every worker gets a disjoint, equally sized
+        # share of each epoch whatever the number of images.
+        if input_context is not None and input_context.num_input_pipelines > 1:
+            examples = examples.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         return examples
 
     def build_model(self, config):

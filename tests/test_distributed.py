@@ -1,0 +1,137 @@
+"""Synchronous multi-worker training on loopback, kill -9 resume, corrupt checkpoints, bad TF_CONFIG."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_tool, tiny_sort_of_clevr_overrides
+from relation_networks.distribute import ClusterConfigError, parse_tf_config
+
+STEPS = 6
+
+
+def _args(data_dir, run_dir, *extra):
+    args = ["--config", "configs/sort_of_clevr.yaml"]
+    for o in tiny_sort_of_clevr_overrides(data_dir, run_dir) + list(extra):
+        args += ["--set", o]
+    return args
+
+
+def _step_losses(stdout):
+    return [float(x) for x in re.findall(r"step \d+/\d+ .*?loss ([0-9.]+)", stdout)]
+
+
+def test_two_workers_hold_identical_weights_and_match_one_worker(tmp_path):
+    data, common = str(tmp_path / "data"), [
+        f"train.max_steps={STEPS}", "train.log_every_steps=1", "train.shuffle=false", "train.eval_splits=[]",
+        "train.lr_schedule=constant", "train.warmup_steps=0", "model.synchronized_bn=true",
+    ]
+    two = run_tool("launch_local", "--workers", "2", "--", sys.executable, "tools/train.py",
+                   *_args(data, str(tmp_path / "two"), "train.batch_size=10", "train.distribute.strategy=multi_worker",
+                          *common))
+    assert two.returncode == 0, two.stdout[-3000:]
+    digests = dict(re.findall(r"\[worker \d\] worker (\d): step \d+, weights sha256 ([0-9a-f]{64})", two.stdout))
+    assert set(digests) == {"0", "1"}, two.stdout[-3000:]
+    assert digests["0"] == digests["1"]  # bit-identical after every synchronous step
+
+    one = run_tool("train", *_args(data, str(tmp_path / "one"), "train.batch_size=20", *common))
+    assert one.returncode == 0, one.stderr[-3000:]
+    chief_lines = "\n".join(l for l in two.stdout.splitlines() if l.startswith("[worker 0]"))
+    # Same global batch (2 x 10 vs 1 x 20) over the same examples: the same losses step by step ...
+    np.testing.assert_allclose(_step_losses(chief_lines), _step_losses(one.stdout), rtol=1e-3)
+    assert len(_step_losses(one.stdout)) == STEPS
+
+    import keras
+
+    import relation_networks  # noqa: F401
+
+    a = keras.models.load_model(str(tmp_path / "two" / "model.keras")).get_weights()
+    b = keras.models.load_model(str(tmp_path / "one" / "model.keras")).get_weights()
+    diff = np.concatenate([np.abs(x - y).ravel() for x, y in zip(a, b)])
+    # ... and the same weights up to float summation order, which Adam can amplify on near-zero gradients
+    # (m / sqrt(v) is +-1 whatever the gradient's size): stated tolerance 99% of parameters within 1e-4.
+    assert np.mean(diff <= 1e-4) >= 0.99, np.sort(diff)[-10:]
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path):
+    data, run_dir = str(tmp_path / "data"), tmp_path / "run"
+    args = _args(data, str(run_dir), "data.train_images=200", "model.g_units=[32,32]", "train.batch_size=8",
+                 "train.checkpoint_every_steps=20", "train.eval_splits=[]")
+    command = [sys.executable, os.path.join(ROOT, "tools", "train.py"), *args]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    checkpoint_state = run_dir / "checkpoints" / "checkpoint"
+    while time.time() < deadline and process.poll() is None:
+        if checkpoint_state.exists() and "ckpt-" in checkpoint_state.read_text():
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "training finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "model.keras").exists()
+
+    result = run_tool("train", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed_at = int(re.search(r"Resumed from .*ckpt-(\d+) at step (\d+)", result.stdout).group(2))
+    steps_per_epoch = 200 * 20 // 8
+    assert 0 < resumed_at < 2 * steps_per_epoch
+    first_logged = int(re.search(r"step (\d+)/", result.stdout).group(1))
+    assert first_logged > resumed_at  # the step counter continues, it does not restart at 0
+    with open(run_dir / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["complete"] and metrics["epochs_completed"] == 2
+    assert metrics["step"] == 2 * steps_per_epoch
+    assert [e["epoch"] for e in metrics["history"]] == [1, 2]
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    data, run_dir = str(tmp_path / "data"), tmp_path / "run"
+    args = _args(data, str(run_dir), "train.checkpoint_every_steps=10", "train.eval_splits=[]", "train.epochs=1")
+    assert run_tool("train", *args).returncode == 0
+    steps = 48 * 20 // 32
+    newest = run_dir / "checkpoints" / f"ckpt-{steps}.data-00000-of-00001"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a crash mid-write on a bad filesystem
+    result = run_tool("train", *_args(data, str(run_dir), "train.checkpoint_every_steps=10",
+                                      "train.eval_splits=[]", "train.epochs=2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"checkpoint {run_dir}/checkpoints/ckpt-{steps} could not be restored" in result.stdout
+    assert re.search(r"Resumed from .*ckpt-(\d+) at step (\d+)", result.stdout).group(2) == str(steps - 10)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "TF_CONFIG is not set"),
+        ("{not json", "not valid JSON"),
+        ('{"task": {"type": "worker", "index": 0}}', "no 'cluster'"),
+        ('{"cluster": {"worker": ["127.0.0.1:1"]}}', "no valid 'task'"),
+        ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 1}}', "out of range"),
+        ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}}', "not a job"),
+        ('{"cluster": {"worker": "127.0.0.1:1"}, "task": {"type": "worker", "index": 0}}', "list of 'host:port'"),
+    ],
+)
+def test_bad_tf_config_messages(text, message):
+    with pytest.raises(ClusterConfigError, match=message):
+        parse_tf_config(text)
+
+
+def test_bad_tf_config_is_one_clear_error_from_the_tool(tmp_path):
+    result = run_tool("train", *_args(str(tmp_path / "d"), str(tmp_path / "r"), "train.distribute.strategy=multi_worker"),
+                      env={"TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}'})
+    assert result.returncode == 2
+    assert "task.index 3 is out of range" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_launcher_fails_when_a_worker_fails():
+    result = run_tool("launch_local", "--workers", "2", "--", sys.executable, "-c",
+                      "import json, os, sys; i = json.loads(os.environ['TF_CONFIG'])['task']['index']; "
+                      "print('hello'); sys.exit(3 if i == 1 else 0)")
+    assert result.returncode == 3
+    assert "[worker 0] hello" in result.stdout and "[worker 1] hello" in result.stdout
