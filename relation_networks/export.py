@@ -229,6 +229,7 @@ def load_predictor(path, overrides=()):
     if not os.path.isfile(config_path):
         raise UserError(f"{directory} has no config.yaml: export with tools/export.py to get one.")
     config = config_lib.load(config_path, overrides)
+    config.run_dir = directory  # files exported with the model (e.g. a vocabulary) live here
     run = load_tflite(path) if path.endswith(".tflite") else load_saved_model(path)
     from relation_networks import tasks
 

@@ -14,7 +14,9 @@ def _config_next_to(path, overrides):
     candidates = [os.path.join(directory, "config.yaml"), os.path.join(os.path.dirname(directory), "config.yaml")]
     for candidate in candidates:
         if os.path.isfile(candidate):
-            return config_lib.load(candidate, overrides)
+            config = config_lib.load(candidate, overrides)
+            config.run_dir = os.path.dirname(candidate)  # files saved with the model (e.g. a vocabulary) live here
+            return config
     raise UserError(f"No config.yaml found next to {path}: expected a run directory or an exported model.")
 
 

@@ -2,5 +2,7 @@
 
 from relation_networks.layers.conv_objects import ConvObjectExtractor, cell_coordinates
 from relation_networks.layers.relation_module import RelationModule
+from relation_networks.layers.relational_memory import RelationalMemory
+from relation_networks.layers.sentence_objects import SentenceObjects
 
-__all__ = ["ConvObjectExtractor", "RelationModule", "cell_coordinates"]
+__all__ = ["ConvObjectExtractor", "RelationModule", "RelationalMemory", "SentenceObjects", "cell_coordinates"]

@@ -1,0 +1,109 @@
+"""Nth-farthest (Santoro et al. 2018): the Relational Memory Core against an LSTM baseline."""
+
+import dataclasses
+import typing
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from relation_networks import tasks
+from relation_networks.config import choice
+from relation_networks.data import nth_farthest as nf
+from relation_networks.errors import DataError
+from relation_networks.evaluation import grouped_accuracy
+from relation_networks.layers import RelationalMemory
+from relation_networks.tasks.base import Task
+
+
+@dataclasses.dataclass
+class NthFarthestData:
+    num_vectors: int = 8
+    vector_dim: int = 16
+    train_size: int = 100_000  # fresh samples every epoch, seeded by the run seed and the epoch
+    val_size: int = 5_000
+    test_size: int = 10_000
+    val_seed: int = 1_000_001
+    test_seed: int = 2_000_003
+
+
+@dataclasses.dataclass
+class NthFarthestModel:
+    type: str = choice("rmc", ("rmc", "lstm"))
+    mem_slots: int = 4
+    head_size: int = 64
+    num_heads: int = 4
+    num_blocks: int = 1
+    attention_mlp_layers: int = 2
+    gate_style: typing.Optional[str] = choice("unit", ("unit", "memory", None))
+    forget_bias: float = 1.0
+    input_bias: float = 0.0
+    key_size: typing.Optional[int] = None
+    lstm_units: int = 512  # the LSTM baseline
+    mlp_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256, 256])  # head, + linear logits
+
+
+def build_model(model_config, data_config):
+    """Input `sequence` float32 `[B, num_vectors, vector_dim + 3 * num_vectors]`, output logits over the ids.
+    The recurrent core is unrolled over the fixed sequence length (TFLite builtin ops, dynamic batch)."""
+    steps = data_config.num_vectors
+    sequence = keras.Input((steps, nf.input_dim(data_config.num_vectors, data_config.vector_dim)), name="sequence")
+    if model_config.type == "rmc":
+        cell = RelationalMemory(
+            model_config.mem_slots, model_config.head_size, num_heads=model_config.num_heads,
+            num_blocks=model_config.num_blocks, forget_bias=model_config.forget_bias,
+            input_bias=model_config.input_bias, gate_style=model_config.gate_style,
+            attention_mlp_layers=model_config.attention_mlp_layers, key_size=model_config.key_size,
+            name="relational_memory",
+        )
+        h = keras.layers.RNN(cell, unroll=True, name="rmc")(sequence)
+    else:
+        h = keras.layers.LSTM(model_config.lstm_units, unroll=True, name="lstm")(sequence)
+    for k, units in enumerate(model_config.mlp_units):
+        h = keras.layers.Dense(units, activation="relu", name=f"mlp_{k}")(h)
+    logits = keras.layers.Dense(data_config.num_vectors, name="answer")(h)
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+    return keras.Model({"sequence": sequence}, logits, name=f"nth_farthest_{model_config.type}")
+
+
+@tasks.register
+class NthFarthest(Task):
+    name = "nth_farthest"
+    data_config = NthFarthestData
+    model_config = NthFarthestModel
+
+    def _samples(self, config, split, seed):
+        d = config.data
+        sizes = {"train": d.train_size, "val": d.val_size, "test": d.test_size}
+        if split not in sizes:
+            raise DataError(f"Unknown nth_farthest split {split!r}; expected train, val or test.")
+        seed = {"train": seed, "val": d.val_seed, "test": d.test_seed}[split]
+        return nf.generate(sizes[split], seed, d.num_vectors, d.vector_dim)
+
+    def num_examples(self, config, split):
+        return {"train": config.data.train_size, "val": config.data.val_size, "test": config.data.test_size}[split]
+
+    def dataset(self, config, split, *, training=False, shuffle=None, seed=0, input_context=None):
+        # Training samples are drawn afresh for every epoch (the trainer's seed changes with the epoch); they are
+        # already in random order, so `shuffle` has nothing to do.
+        data = self._samples(config, split, seed)
+        ds = tf.data.Dataset.from_tensor_slices(({"sequence": data["inputs"]}, data["answers"]))
+        if input_context is not None and input_context.num_input_pipelines > 1:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        return ds
+
+    def build_model(self, config):
+        return build_model(config.model, config.data)
+
+    def answer_names(self, config):
+        return [f"vector {i}" for i in range(config.data.num_vectors)]
+
+    def paper_results(self, config):
+        return {"accuracy": 0.91} if config.model.type == "rmc" else {}
+
+    def evaluate(self, predict_fn, config, split, batch_size=256):
+        features, labels, logits = self.predictions(predict_fn, config, split, batch_size)
+        rank = self._samples(config, split, 0)["rank"]
+        correct = logits.argmax(-1) == labels
+        groups = grouped_accuracy(correct, rank - 1, [f"rank_{n}" for n in range(1, config.data.num_vectors)])
+        return self.report(config, split, len(labels), {"accuracy": float(np.mean(correct))}, groups)

@@ -1,0 +1,170 @@
+"""bAbI reader, vocabulary, splits, a few training steps, evaluation and export on small inline stories."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_tool
+from relation_networks.data import babi
+from relation_networks.errors import DataError
+
+STORY = """1 Mary moved to the bathroom.
+2 John went to the hallway.
+3 Where is Mary? \tbathroom\t1
+4 Daniel picked up the apple.
+5 Daniel took the football.
+6 What is Daniel carrying?\tapple,football\t4 5
+1 Sandra went to the garden.
+2 Where is Sandra?\tgarden\t1
+"""
+
+
+def _write(directory, name, text):
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def test_reader_story_boundaries_questions_and_multiword_answers(tmp_path):
+    questions = babi.parse_file(_write(tmp_path, "qa8_lists-sets_train.txt", STORY))
+    assert [q.task for q in questions] == [8, 8, 8]
+    assert questions[0].context == [["mary", "moved", "to", "the", "bathroom"], ["john", "went", "to", "the", "hallway"]]
+    assert questions[0].question == ["where", "is", "mary"] and questions[0].answer == "bathroom"
+    # the earlier question is not a context sentence; multi-word answers are one class
+    assert len(questions[1].context) == 4 and questions[1].answer == "apple,football"
+    assert questions[1].supporting == [4, 5]
+    assert questions[2].context == [["sandra", "went", "to", "the", "garden"]]  # a new story
+    assert questions[0].source.endswith("qa8_lists-sets_train.txt:3")
+
+
+def test_twenty_sentence_window(tmp_path):
+    lines = [f"{i} Mary went to room{i}." for i in range(1, 26)] + ["26 Where is Mary?\troom25\t25"]
+    questions = babi.parse_file(_write(tmp_path, "qa1_x_train.txt", "\n".join(lines) + "\n"), max_context=20)
+    assert len(questions[0].context) == 20 and questions[0].context[0][-1] == "room6"
+    vocab = babi.Vocabulary.build(questions)
+    arrays = babi.encode(questions, vocab, max_sentences=20, sentence_length=6, question_length=4)
+    assert arrays["context"].shape == (1, 20, 6)
+    # oldest first, left-padded: the last token of the last sentence is "room25"
+    assert vocab.words[arrays["context"][0, -1, -1]] == "room25"
+    assert arrays["context"][0, 0, 0] == 0 and arrays["context"][0, 0, 1] != 0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("x Mary went home.\n", r":1: expected '<number> <sentence>'"),
+        ("1 Mary went home.\n3 John left.\n", r":2: line number 3 does not follow 1"),
+        ("1 Mary went home.\n2 Where is Mary?\t\t1\n", r":2: a question line needs"),
+        ("1 Mary went home.\n2 Where is Mary?\thome\tone\n", r":2: supporting facts must be line numbers"),
+    ],
+)
+def test_malformed_lines_name_file_and_line(tmp_path, text, message):
+    path = _write(tmp_path, "qa1_x_train.txt", text)
+    with pytest.raises(DataError, match=message) as info:
+        babi.parse_file(path)
+    assert path in str(info.value)
+
+
+def test_vocabulary_unknown_words_and_lengths(tmp_path):
+    train = babi.parse_file(_write(tmp_path, "qa8_lists-sets_train.txt", STORY))
+    vocab = babi.Vocabulary.build(train)
+    assert vocab.words[:2] == [babi.PAD, babi.UNK] and "apple,football" in vocab.answers
+    test = babi.parse_file(_write(tmp_path, "qa8_lists-sets_test.txt", "1 Bill went to the moon.\n2 Where is Bill?\tmoon\t1\n"))
+    warnings = []
+    arrays = babi.encode(test, vocab, 20, 8, 8, warn=warnings.append)
+    assert "bill" in warnings[0] and "moon" in warnings[0] and "moon" in warnings[1]
+    assert arrays["answer"][0] == -1 and (arrays["question"][0] == 1).sum() == 1  # "bill" -> UNK
+    with pytest.raises(DataError, match="more than the model's maximum of 2"):
+        babi.encode(test, vocab, 20, 8, 2)
+
+
+def test_holdout_is_ten_percent_per_task_and_deterministic(tmp_path):
+    questions = [babi.Question(task=t, context=[], question=["q"], answer="a", supporting=[], source="") for t in (1, 2) for _ in range(50)]
+    mask = babi.holdout_mask(questions, 0.1, seed=0)
+    assert mask[:50].sum() == 5 and mask[50:].sum() == 5
+    np.testing.assert_array_equal(mask, babi.holdout_mask(questions, 0.1, seed=0))
+
+
+@pytest.fixture(scope="module")
+def babi_dir(tmp_path_factory):
+    """Two tasks, train and test files, in the official naming."""
+    directory = tmp_path_factory.mktemp("babi")
+    rng = np.random.default_rng(0)
+    people, places = ["mary", "john", "sandra"], ["kitchen", "garden", "office"]
+    for split, stories in (("train", 60), ("test", 10)):
+        for task, name in ((1, "single-supporting-fact"), (6, "yes-no-questions")):
+            lines = []
+            for _ in range(stories):
+                where = {}
+                n = 0
+                for _ in range(3):
+                    person, place = people[rng.integers(3)], places[rng.integers(3)]
+                    where[person] = place
+                    n += 1
+                    lines.append(f"{n} {person.title()} went to the {place}.")
+                person = list(where)[rng.integers(len(where))]
+                n += 1
+                if task == 1:
+                    lines.append(f"{n} Where is {person.title()}? \t{where[person]}\t1")
+                else:
+                    place = places[rng.integers(3)]
+                    lines.append(f"{n} Is {person.title()} in the {place}? \t{'yes' if where[person] == place else 'no'}\t1")
+            _write(directory, f"qa{task}_{name}_{split}.txt", "\n".join(lines) + "\n")
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def babi_run(babi_dir, tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("babi_run") / "run")
+    sets = [f"data.dir={babi_dir}", "data.tasks=[1,6]", "model.g_units=[16,16]", "model.f_units=[16]",
+            "train.epochs=2", "train.batch_size=16", "train.precision=float32", f"run_dir={run_dir}"]
+    args = ["--config", "configs/babi.yaml"] + [a for s in sets for a in ("--set", s)]
+    result = run_tool("train", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result.stdout
+
+
+def test_training_and_evaluation_table(babi_run, babi_dir, tmp_path):
+    run_dir, stdout = babi_run
+    assert "qa1" in stdout and "qa6" in stdout and "passed" in stdout
+    assert os.path.exists(os.path.join(run_dir, "vocab.json"))
+    out = str(tmp_path / "test.json")
+    result = run_tool("evaluate", "--run", run_dir, "--split", "test", "--set", f"data.dir={babi_dir}", "--json", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out) as f:
+        report = json.load(f)
+    assert set(report["groups"]) == {"qa1", "qa6"} and report["groups"]["qa1"]["count"] == 10
+    assert report["extra"]["passed"] == sum(g["accuracy"] > 0.95 for g in report["groups"].values())
+
+
+def test_export_round_trip_and_evaluate_exported_model(babi_run, babi_dir, tmp_path):
+    run_dir, _ = babi_run
+    out = str(tmp_path / "saved_models")
+    result = run_tool("export", "--run", run_dir, "--out", out, "--version", "1", "--serving_doc", str(tmp_path / "S.md"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    model_dir = os.path.join(out, "babi", "1")
+    for name in ("saved_model.pb", "model.tflite", "model_quant.tflite", "vocab.txt", "vocab.json"):
+        assert os.path.exists(os.path.join(model_dir, name)), name
+    with open(os.path.join(model_dir, "signature.json")) as f:
+        signature = json.load(f)
+    assert signature["inputs"]["context"] == {"shape": [None, 20, 12], "dtype": "int32"}
+    assert all(c["ok"] for c in signature["parity"]["checks"])
+    for model in (model_dir, os.path.join(model_dir, "model.tflite")):
+        report_path = str(tmp_path / "exported.json")
+        result = run_tool("evaluate", "--model", model, "--split", "test", "--set", f"data.dir={babi_dir}",
+                          "--json", report_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        with open(report_path) as f:
+            assert "passed" in json.load(f)["extra"]
+    predicted = run_tool("predict", "--model", model_dir, "--input", os.path.join(model_dir, "example_request.json"))
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert json.loads(predicted.stdout)["predictions"][0]["answer"] in signature["answers"]
+
+
+def test_missing_data_directory_is_one_clear_error(tmp_path):
+    result = run_tool("train", "--config", "configs/babi.yaml", "--set", f"data.dir={tmp_path}/none",
+                      "--set", f"run_dir={tmp_path}/run")
+    assert result.returncode == 2 and "bAbI data directory not found" in result.stderr

@@ -1,0 +1,110 @@
+"""RelationalMemory cell and the Nth-farthest task."""
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from conftest import run_tool
+from relation_networks import RelationalMemory
+from relation_networks.data import nth_farthest as nf
+
+
+def _run(cell, x, return_sequences=False):
+    return keras.layers.RNN(cell, return_sequences=return_sequences)(x)
+
+
+@pytest.mark.parametrize("gate_style", ["unit", "memory", None])
+@pytest.mark.parametrize("num_heads, num_blocks", [(1, 1), (2, 2)])
+def test_shapes_in_rnn(gate_style, num_heads, num_blocks):
+    cell = RelationalMemory(mem_slots=3, head_size=4, num_heads=num_heads, num_blocks=num_blocks, gate_style=gate_style)
+    x = np.random.default_rng(0).normal(size=(2, 5, 7)).astype("float32")
+    width = 3 * 4 * num_heads
+    assert _run(cell, x).shape == (2, width)
+    assert _run(cell, x, return_sequences=True).shape == (2, 5, width)
+    out, state = keras.layers.RNN(cell, return_state=True)(x)
+    np.testing.assert_allclose(out.numpy(), state.numpy())  # the output is the flattened memory
+
+
+def test_initial_state_is_identity_padded_or_truncated():
+    padded = RelationalMemory(mem_slots=2, head_size=3).get_initial_state(batch_size=1)[0].numpy()
+    np.testing.assert_array_equal(padded.reshape(2, 3), [[1, 0, 0], [0, 1, 0]])
+    truncated = RelationalMemory(mem_slots=4, head_size=2).get_initial_state(batch_size=2)[0].numpy()
+    np.testing.assert_array_equal(truncated[1].reshape(4, 2), [[1, 0], [0, 1], [0, 0], [0, 0]])
+
+
+def test_gating_forget_bias_keeps_memory():
+    # With a huge forget bias and a hugely negative input bias the gates are ~(0, 1): memory is carried over.
+    cell = RelationalMemory(mem_slots=2, head_size=3, forget_bias=50.0, input_bias=-50.0)
+    x = np.random.default_rng(1).normal(size=(1, 4, 5)).astype("float32")
+    out = _run(cell, x).numpy()
+    np.testing.assert_allclose(out, cell.get_initial_state(1)[0].numpy(), atol=1e-5)
+    # With gate_style=None the memory is replaced by the attended memory.
+    ungated = RelationalMemory(mem_slots=2, head_size=3, gate_style=None)
+    assert not np.allclose(_run(ungated, x).numpy(), ungated.get_initial_state(1)[0].numpy(), atol=1e-2)
+
+
+def test_memory_rows_interact():
+    # A change in the input of one time step changes every slot of the final memory (attention mixes rows).
+    cell = RelationalMemory(mem_slots=4, head_size=8, num_heads=2)
+    rnn = keras.layers.RNN(cell)
+    x = np.random.default_rng(2).normal(size=(1, 6, 5)).astype("float32")
+    y = x.copy()
+    y[0, 2] += 1.0
+    a = rnn(x).numpy().reshape(4, 16)
+    b = rnn(y).numpy().reshape(4, 16)
+    assert np.all(np.abs(a - b).max(axis=1) > 1e-4)
+
+
+def test_config_round_trip_and_saving(tmp_path):
+    cell = RelationalMemory(mem_slots=2, head_size=4, num_heads=2, num_blocks=2, gate_style="memory",
+                            attention_mlp_layers=3, key_size=5, forget_bias=0.5, input_bias=0.1)
+    clone = RelationalMemory.from_config(cell.get_config())
+    assert clone.get_config() == cell.get_config()
+    inputs = keras.Input((3, 6))
+    model = keras.Model(inputs, keras.layers.RNN(cell)(inputs))
+    path = str(tmp_path / "rmc.keras")
+    model.save(path)
+    x = np.random.default_rng(3).normal(size=(2, 3, 6)).astype("float32")
+    np.testing.assert_allclose(keras.models.load_model(path)(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(mem_slots=0, head_size=4), "mem_slots"), (dict(mem_slots=2, head_size=4, gate_style="slot"), "gate_style"),
+     (dict(mem_slots=2, head_size=4, num_heads=0), "num_heads"), (dict(mem_slots=2, head_size=4, key_size=0), "key_size")],
+)
+def test_argument_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RelationalMemory(**kwargs)
+
+
+def test_nth_farthest_answers_by_independent_computation():
+    data = nf.generate(200, seed=5)
+    assert data["inputs"].shape == (200, 8, 16 + 24)
+    for i in range(200):
+        m, n = data["reference"][i], data["rank"][i]
+        d = {k: float(np.sqrt(((data["vectors"][i, k] - data["vectors"][i, m]) ** 2).sum())) for k in range(8) if k != m}
+        ranked = sorted(d, key=d.get, reverse=True)
+        assert data["answers"][i] == ranked[n - 1]
+        for t in range(8):  # step t shows vector order[t] with its id, plus the question
+            row = data["inputs"][i, t]
+            k = data["order"][i, t]
+            np.testing.assert_array_equal(row[:16], data["vectors"][i, k])
+            assert row[16 + k] == 1 and row[24 + m] == 1 and row[32 + n - 1] == 1
+    assert set(data["order"][0]) == set(range(8))
+    np.testing.assert_array_equal(nf.generate(10, seed=5)["inputs"], nf.generate(10, seed=5)["inputs"])
+
+
+@pytest.mark.parametrize("config", ["nth_farthest", "nth_farthest_lstm"])
+def test_few_training_steps_and_export(config, tmp_path):
+    run_dir = str(tmp_path / "run")
+    sets = ["data.train_size=256", "data.val_size=64", "data.test_size=64", "model.mem_slots=2", "model.head_size=8",
+            "model.num_heads=2", "model.lstm_units=16", "model.mlp_units=[16]", "train.epochs=2",
+            "train.batch_size=32", f"run_dir={run_dir}"]
+    result = run_tool("train", "--config", f"configs/{config}.yaml", *[a for s in sets for a in ("--set", s)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank_1" in result.stdout
+    out = run_tool("export", "--run", run_dir, "--out", str(tmp_path / "sm"), "--serving_doc", str(tmp_path / "S.md"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "model.tflite" in out.stdout and "FAILED" not in out.stdout
