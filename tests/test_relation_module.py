@@ -193,3 +193,21 @@ def test_argument_validation(kwargs, message):
 def test_rejects_objects_of_wrong_rank():
     with pytest.raises(ValueError, match="batch, objects, dim"):
         RelationModule([8], [3])(np.zeros((2, 4), "float32"))
+
+
+def test_mixed_precision_model_reloads_under_float32_policy(tmp_path):
+    # Sub-layers must follow the layer's policy, not the global one in force when the file is loaded.
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    o = keras.Input((5, 4))
+    q = keras.Input((6,))
+    model = keras.Model([o, q], _layer(aggregation="mean")(o, question=q))
+    path = str(tmp_path / "mixed.keras")
+    model.save(path)
+    keras.config.set_dtype_policy("float32")
+    restored = keras.models.load_model(path)
+    layer = restored.layers[-1]
+    assert {l.compute_dtype for l in layer.g_theta + layer.f_phi} == {"bfloat16"}
+    objects, question = _inputs()
+    out, relations = layer(objects, question=question, return_relations=True)
+    np.testing.assert_allclose(restored([objects, question]).numpy(), model([objects, question]).numpy(), rtol=1e-2, atol=1e-2)
+    assert relations.dtype == "bfloat16"

@@ -87,10 +87,11 @@ class ConvObjectExtractor(keras.layers.Layer):
         self.blocks = []
         for k, f in enumerate(self.filters):
             conv = keras.layers.Conv2D(
-                f, self.kernel_size, strides=self.strides, padding="same", use_bias=False, name=f"conv_{k}"
+                f, self.kernel_size, strides=self.strides, padding="same", use_bias=False, name=f"conv_{k}",
+                dtype=self.dtype_policy,
             )
             bn = keras.layers.BatchNormalization(
-                momentum=self.bn_momentum, synchronized=self.synchronized_bn, name=f"bn_{k}"
+                momentum=self.bn_momentum, synchronized=self.synchronized_bn, name=f"bn_{k}", dtype=self.dtype_policy
             )
             self.blocks.append((conv, bn))
 

@@ -100,7 +100,8 @@ class RelationModule(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
 
-        dense = dict(kernel_initializer=self.kernel_initializer, bias_initializer=self.bias_initializer)
+        # Sub-layers share this layer's dtype policy (not the global one), so a mixed-precision model reloads intact.
+        dense = dict(kernel_initializer=self.kernel_initializer, bias_initializer=self.bias_initializer, dtype=self.dtype_policy)
         self.g_theta = [
             keras.layers.Dense(units, activation=self.activation, name=f"g_theta_{k}", **dense)
             for k, units in enumerate(self.g_units[1:], start=1)
@@ -110,7 +111,7 @@ class RelationModule(keras.layers.Layer):
             for k, units in enumerate(self.f_units[:-1])
         ]
         self.f_phi.append(keras.layers.Dense(self.f_units[-1], name=f"f_phi_{len(self.f_units) - 1}", **dense))
-        self.f_dropout = keras.layers.Dropout(self.dropout, name="f_phi_dropout")
+        self.f_dropout = keras.layers.Dropout(self.dropout, name="f_phi_dropout", dtype=self.dtype_policy)
         self._remat_block = keras.remat(self._pair_block_sum)
 
     def build(self, objects_shape, question_shape=None, object_mask_shape=None, pair_mask_shape=None):

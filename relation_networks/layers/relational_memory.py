@@ -84,21 +84,22 @@ class RelationalMemory(keras.layers.Layer):
         self.state_size = mem_slots * self.mem_size
         self.output_size = mem_slots * self.mem_size
 
-        self.input_projection = keras.layers.Dense(self.mem_size, name="input_projection")
+        policy = dict(dtype=self.dtype_policy)  # sub-layers follow this layer's policy, also after reloading
+        self.input_projection = keras.layers.Dense(self.mem_size, name="input_projection", **policy)
         qkv = self.num_heads * (2 * self.key_size + self.head_size)
         self.blocks = []
         for b in range(num_blocks):
             self.blocks.append({
-                "qkv": keras.layers.Dense(qkv, name=f"block_{b}_qkv"),
-                "attention_norm": keras.layers.LayerNormalization(name=f"block_{b}_attention_norm"),
+                "qkv": keras.layers.Dense(qkv, name=f"block_{b}_qkv", **policy),
+                "attention_norm": keras.layers.LayerNormalization(name=f"block_{b}_attention_norm", **policy),
                 "mlp": [keras.layers.Dense(self.mem_size, activation="relu" if k < attention_mlp_layers - 1 else None,
-                                           name=f"block_{b}_mlp_{k}") for k in range(attention_mlp_layers)],
-                "mlp_norm": keras.layers.LayerNormalization(name=f"block_{b}_mlp_norm"),
+                                           name=f"block_{b}_mlp_{k}", **policy) for k in range(attention_mlp_layers)],
+                "mlp_norm": keras.layers.LayerNormalization(name=f"block_{b}_mlp_norm", **policy),
             })
         if gate_style is not None:
             gates = 2 * (self.mem_size if gate_style == "unit" else 1)
-            self.input_gates = keras.layers.Dense(gates, name="input_gates")
-            self.memory_gates = keras.layers.Dense(gates, name="memory_gates")
+            self.input_gates = keras.layers.Dense(gates, name="input_gates", **policy)
+            self.memory_gates = keras.layers.Dense(gates, name="memory_gates", **policy)
 
     def build(self, input_shape):
         self.input_projection.build((None, input_shape[-1]))

@@ -30,8 +30,8 @@ class SentenceObjects(keras.layers.Layer):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Invalid value for argument {name}: expected a positive integer, got {value!r}.")
         self.vocab_size, self.embedding_dim, self.units, self.unroll = vocab_size, embedding_dim, units, bool(unroll)
-        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
-        self.lstm = keras.layers.LSTM(units, unroll=self.unroll, name="lstm")
+        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding", dtype=self.dtype_policy)
+        self.lstm = keras.layers.LSTM(units, unroll=self.unroll, name="lstm", dtype=self.dtype_policy)
 
     def build(self, context_shape):
         if len(context_shape) != 3 or context_shape[1] is None or context_shape[2] is None:

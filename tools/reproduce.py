@@ -1,0 +1,124 @@
+"""Run a task's reproduction (the model and its baseline) and write its section of docs/RESULTS.md.
+
+    python tools/reproduce.py --task sort_of_clevr --train      # train both runs, then report
+    python tools/reproduce.py --task sort_of_clevr              # report from existing runs only
+
+Every number in the section comes from the runs' metrics.json (written by tools/train.py); the learning curves
+are drawn from their TensorBoard logs into docs/figures/.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import _common  # noqa: F401
+from absl import app, flags
+
+from relation_networks import plots
+from relation_networks.errors import UserError
+from relation_networks.io import atomic_write_text
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("task", None, "Which reproduction: " + ", ".join(sorted(["sort_of_clevr", "babi", "nth_farthest"])))
+flags.DEFINE_bool("train", False, "Train the runs first (resuming any that exist).")
+flags.DEFINE_string("split", None, "Split to report (default: the task's).")
+flags.DEFINE_string("results", "docs/RESULTS.md", "Results file whose section for the task is (re)written.")
+flags.DEFINE_multi_string("set", [], "Extra --set overrides passed to every training run.")
+flags.mark_flag_as_required("task")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# task -> (split to report, [(label, config, run directory)])
+REPRODUCTIONS = {
+    "sort_of_clevr": ("test", [("CNN+RN", "configs/sort_of_clevr.yaml", "runs/sort_of_clevr"),
+                               ("CNN+MLP", "configs/sort_of_clevr_mlp.yaml", "runs/sort_of_clevr_mlp")]),
+    "babi": ("val", [("RN (joint, 20 tasks)", "configs/babi.yaml", "runs/babi")]),
+    "nth_farthest": ("test", [("RMC", "configs/nth_farthest.yaml", "runs/nth_farthest"),
+                              ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm")]),
+}
+
+
+def _pct(value):
+    return "" if value is None else f"{100 * value:.1f}"
+
+
+def section(task, split, runs):
+    """Markdown for one task from `[(label, config, run_dir, metrics)]`."""
+    reports = [(label, m["evaluation"].get(split)) for label, _, _, m in runs]
+    reports = [(label, r) for label, r in reports if r]
+    if not reports:
+        raise UserError(f"No {split} evaluation in the runs of {task}: train them first (--train).")
+    rows = []
+    for name in list(reports[0][1]["groups"]) + list(reports[0][1]["metrics"]):
+        cells = []
+        for _, r in reports:
+            value = r["groups"].get(name, {}).get("accuracy") if name in r["groups"] else r["metrics"].get(name)
+            cells.append(_pct(value))
+        paper = reports[0][1]["paper"].get(name)
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {_pct(paper)} |")
+    for key in ("passed",):
+        if key in reports[0][1]["extra"]:
+            rows.append(f"| tasks passed (> 95%) | " + " | ".join(str(r["extra"][key]) for _, r in reports)
+                        + f" | {reports[0][1]['extra'].get('paper_passed', '')} |")
+    header = "| % | " + " | ".join(label for label, _ in reports) + " | paper |\n|---|" + "---|" * (len(reports) + 1)
+    info = ["| run | config | steps | epochs | training wall time | complete | seed | command |", "|---|---|---|---|---|---|---|---|"]
+    figures = []
+    for label, config, run_dir, m in runs:
+        minutes = m["train_seconds"] / 60
+        info.append(f"| {label} | `{config}` | {m['step']:,} / {m['total_steps']:,} | {m['epochs_completed']} | "
+                    f"{minutes:.1f} min | {'yes' if m['complete'] else 'no (' + str(m.get('stopped')) + ')'} | "
+                    f"{m['seed']} | `python tools/train.py --config {config} --run_dir {run_dir}` |")
+        figure = os.path.join("docs", "figures", f"{os.path.basename(run_dir)}.png")
+        plots.learning_curve(os.path.join(ROOT, run_dir), os.path.join(ROOT, figure), m["history"], f"{task}: {label}")
+        figures.append(f"![{label} learning curve](figures/{os.path.basename(figure)})")
+    hardware = runs[0][3]["hardware"]
+    return (
+        f"Split: `{split}` ({reports[0][1]['examples']:,} examples). Hardware: {hardware['cpu']}, "
+        f"{hardware['cores']} cores, TensorFlow {hardware['tensorflow']}, Keras {hardware['keras']}.\n\n"
+        f"{header}\n" + "\n".join(rows) + "\n\n" + "\n".join(info) + "\n\n" + "\n".join(figures) + "\n\n"
+        f"Regenerate: `python tools/reproduce.py --task {task}` (add `--train` to train the runs first).\n"
+    )
+
+
+def write_section(path, task, text):
+    start, end = f"<!-- {task}:start -->", f"<!-- {task}:end -->"
+    current = open(path).read() if os.path.exists(path) else "# Results\n\nEvery number below was written by `tools/reproduce.py` from the runs' `metrics.json`.\n"
+    block = f"{start}\n{text}{end}"
+    if start in current:
+        current = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, current, flags=re.S)
+    else:
+        current = current.rstrip("\n") + f"\n\n## {task}\n\n{block}\n"
+    atomic_write_text(path, current)
+
+
+@_common.main_wrapper
+def main(argv):
+    del argv
+    if FLAGS.task not in REPRODUCTIONS:
+        raise UserError(f"Unknown reproduction {FLAGS.task!r}; known: {', '.join(sorted(REPRODUCTIONS))}.")
+    split, specs = REPRODUCTIONS[FLAGS.task]
+    split = FLAGS.split or split
+    runs = []
+    for label, config, run_dir in specs:
+        if FLAGS.train:
+            command = [sys.executable, os.path.join(ROOT, "tools", "train.py"), "--config", config, "--run_dir", run_dir]
+            for override in FLAGS.set:
+                command += ["--set", override]
+            print("+", " ".join(command), flush=True)
+            if subprocess.run(command, cwd=ROOT).returncode != 0:
+                raise UserError(f"Training {label} failed; see its output above.")
+        metrics_path = os.path.join(ROOT, run_dir, "metrics.json")
+        if not os.path.exists(metrics_path):
+            print(f"skipping {label}: no {metrics_path}", file=sys.stderr)
+            continue
+        with open(metrics_path) as f:
+            runs.append((label, config, run_dir, json.load(f)))
+    if not runs:
+        raise UserError(f"No finished runs for {FLAGS.task}; train them with --train.")
+    write_section(os.path.join(ROOT, FLAGS.results), FLAGS.task, section(FLAGS.task, split, runs))
+    print(f"wrote the {FLAGS.task} section of {FLAGS.results}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,124 @@
+"""Draw Sort-of-CLEVR test questions with the model's answers and where its relations carried the weight.
+
+    python tools/visualize.py --model runs/sort_of_clevr --num 8 --out docs/figures/visualize
+
+For each of `--num` test images, one PNG: the image (upscaled), each shown question in words with the true and
+predicted answer, and beside it a heat map over the CNN's object cells. A cell's weight is the share of the
+predicted answer's logit carried by the pair relations it takes part in: each pair's `g_theta` output is projected
+on the gradient of that logit with respect to the aggregated relations (a first-order attribution through
+`f_phi`), and a cell collects the absolute contributions of its pairs.
+"""
+
+import os
+
+import _common  # noqa: F401
+from absl import app, flags
+
+from relation_networks.errors import UserError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "Run directory (or its model.keras) of a CNN+RN Sort-of-CLEVR model.")
+flags.DEFINE_integer("num", 8, "Number of test images.")
+flags.DEFINE_integer("questions", 4, "Questions drawn per image (alternating non-relational and relational).")
+flags.DEFINE_string("split", "test", "Split to draw from.")
+flags.DEFINE_string("out", "docs/figures/visualize", "Output directory.")
+flags.DEFINE_integer("scale", 4, "Upscaling of the 75x75 images.")
+flags.mark_flag_as_required("model")
+
+
+def cell_weights(model, images, questions):
+    """`(logits [B, A], weights [B, N])`: per-cell attribution of the predicted answer (see module docstring)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from relation_networks import RelationModule
+
+    rn = next((l for l in model.layers if isinstance(l, RelationModule)), None)
+    if rn is None:
+        raise UserError("visualize needs a CNN+RN model (this one has no RelationModule; the CNN+MLP baseline has no relations).")
+    cnn = model.get_layer("cnn")
+    pixels = model.get_layer("rescale")(images)
+    objects = cnn(pixels, training=False)
+    _, relations = rn(objects, question=tf.constant(questions), training=False, return_relations=True)
+    relations = tf.cast(relations, tf.float32)
+    aggregate = tf.reduce_sum(relations, axis=(1, 2))
+    if rn.aggregation == "mean":
+        aggregate = aggregate / float(relations.shape[1] * relations.shape[2])
+    with tf.GradientTape() as tape:
+        tape.watch(aggregate)
+        h = tf.cast(aggregate, rn.compute_dtype)
+        for layer in rn.f_phi:
+            h = layer(h)
+        logits = tf.cast(h, tf.float32)
+        chosen = tf.reduce_sum(logits * tf.one_hot(tf.argmax(logits, -1), logits.shape[-1]), axis=-1)
+    gradient = tape.gradient(chosen, aggregate)  # [B, H]
+    scale = 1.0 / (relations.shape[1] * relations.shape[2]) if rn.aggregation == "mean" else 1.0
+    pair = np.abs(tf.einsum("bijh,bh->bij", relations, gradient).numpy() * scale)  # [B, N, N]
+    cells = pair.sum(axis=2) + pair.sum(axis=1)
+    cells = cells / np.maximum(cells.sum(axis=1, keepdims=True), 1e-12)
+    return logits.numpy(), cells
+
+
+def render(image, items, scale, path):
+    """`items`: [(question text, true, predicted, cell weights [N])]."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    size = image.shape[0] * scale
+    big = Image.fromarray(image).resize((size, size), Image.NEAREST)
+    row_height = size // 2 + 40
+    canvas = Image.new("RGB", (size + 20 + (size // 2 + 20) * 1 + 420, max(size, row_height * len(items)) + 20), "white")
+    canvas.paste(big, (10, 10))
+    draw = ImageDraw.Draw(canvas)
+    for k, (text, truth, predicted, weights) in enumerate(items):
+        d = int(round(len(weights) ** 0.5))
+        heat = (weights.reshape(d, d) / max(weights.max(), 1e-12) * 255).astype(np.uint8)
+        colored = np.stack([heat, np.zeros_like(heat), 255 - heat], axis=-1)  # blue (little) -> red (most)
+        tile = Image.fromarray(colored).resize((size // 2, size // 2), Image.NEAREST)
+        x0, y0 = size + 20, 10 + k * row_height
+        canvas.paste(tile, (x0, y0))
+        for i in range(1, d):  # grid lines show the cells = objects
+            step = size // 2 / d
+            draw.line([x0 + i * step, y0, x0 + i * step, y0 + size // 2], fill="white")
+            draw.line([x0, y0 + i * step, x0 + size // 2, y0 + i * step], fill="white")
+        tx = x0 + size // 2 + 15
+        ok = truth == predicted
+        draw.text((tx, y0 + 4), text, fill="black", font=font)
+        draw.text((tx, y0 + 24), f"true: {truth}", fill="black", font=font)
+        draw.text((tx, y0 + 44), f"predicted: {predicted}", fill=(0, 128, 0) if ok else (200, 0, 0), font=font)
+        draw.text((tx, y0 + 64), "right" if ok else "WRONG", fill=(0, 128, 0) if ok else (200, 0, 0), font=font)
+    canvas.save(path)
+
+
+@_common.main_wrapper
+def main(argv):
+    del argv
+    import numpy as np
+
+    from relation_networks import inference, tasks
+    from relation_networks.data import sort_of_clevr as soc
+
+    config, model, _ = inference.load_keras_predictor(FLAGS.model)
+    if config.task != "sort_of_clevr":
+        raise UserError(f"visualize draws Sort-of-CLEVR models; this one is {config.task!r}.")
+    task = tasks.get(config.task)
+    task.prepare(config)
+    per_image = soc.QUESTIONS_PER_IMAGE
+    ds = task.dataset(config, FLAGS.split).batch(per_image).take(FLAGS.num)
+    os.makedirs(FLAGS.out, exist_ok=True)
+    for n, (features, labels) in enumerate(ds.as_numpy_iterator()):
+        # alternate non-relational (first 10) and relational (last 10) questions
+        picks = [k // 2 if k % 2 == 0 else 10 + k // 2 for k in range(min(FLAGS.questions, per_image))]
+        logits, weights = cell_weights(model, features["image"][picks], features["question"][picks])
+        items = [
+            (soc.describe(features["question"][i]), soc.ANSWERS[labels[i]], soc.ANSWERS[int(np.argmax(logits[j]))], weights[j])
+            for j, i in enumerate(picks)
+        ]
+        path = os.path.join(FLAGS.out, f"{FLAGS.split}_{n:03d}.png")
+        render(features["image"][0], items, FLAGS.scale, path)
+        print(path)
+
+
+if __name__ == "__main__":
+    app.run(main)
