@@ -131,6 +131,22 @@ def _evaluate(task, model, config, split):
     return task.evaluate(lambda f: predict(f).numpy(), config, split, batch_size=config.train.eval_batch_size)
 
 
+def make_checkpoint(model, optimizer=None, **extra):
+    """A `tf.train.Checkpoint` holding every variable of `model` (by path), the optimizer and `extra` trackables.
+
+    Keras 3 functional models are not tracked by `tf.train.Checkpoint(model=model)`: their trainable weights only
+    reach a checkpoint through the optimizer, and non-trainable ones (batch-norm moving statistics) not at all.
+    Naming each variable by its path saves all of them.
+    """
+    variables = {v.path.replace("/", "."): v for v in model.variables}
+    if len(variables) != len(model.variables):
+        raise ValueError("Two variables of the model share a path; give their layers unique names.")
+    kwargs = dict(model_variables=variables, **extra)
+    if optimizer is not None:
+        kwargs["optimizer"] = optimizer
+    return tf.train.Checkpoint(**kwargs)
+
+
 def weights_digest(model):
     """SHA-256 over every variable of `model` (name, dtype, shape and bytes), in a fixed order."""
     import hashlib
@@ -189,7 +205,7 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
         optimizer = keras.optimizers.Adam(make_learning_rate(train_cfg, steps_per_epoch, total_steps))
         optimizer.build(model.trainable_variables)
     train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, train_seconds=train_seconds)
+    checkpoint = make_checkpoint(model, optimizer, train_seconds=train_seconds)
     # Every worker restores from the chief's checkpoints (the run directory, shared storage on a real cluster);
     # each writes its own (saving is collective), and only the chief's are kept.
     read_manager = tf.train.CheckpointManager(

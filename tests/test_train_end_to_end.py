@@ -79,3 +79,25 @@ def test_bad_config_is_one_clear_error(args, message):
 def test_evaluate_missing_run_is_one_clear_error(tmp_path):
     result = run_tool("evaluate", "--run", str(tmp_path / "nothing"))
     assert result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_visualize_draws_pngs(trained_run, tmp_path):
+    run_dir, _, _ = trained_run
+    result = run_tool("visualize", "--model", run_dir, "--num", "2", "--out", str(tmp_path / "vis"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    from PIL import Image
+
+    pngs = sorted((tmp_path / "vis").glob("*.png"))
+    assert len(pngs) == 2
+    width, height = Image.open(pngs[0]).size
+    assert width > 300 * 2 and height >= 300
+
+
+def test_benchmark_scaling_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_tool("benchmark", "--skip_throughput", "--sizes", "5,9", "--scaling_repeats", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out) as f:
+        rows = json.load(f)["scaling"]
+    assert [(r["objects"], r["pair_chunk_size"] is None) for r in rows] == [(5, True), (5, False), (9, True), (9, False)]
+    assert all(r["seconds"] > 0 and r["peak_rss_gb"] > 0 for r in rows)

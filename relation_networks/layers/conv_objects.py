@@ -36,9 +36,8 @@ class ConvObjectExtractor(keras.layers.Layer):
         kernel_size: conv kernel size (3 in the paper).
         strides: conv stride (2 in the paper).
         coordinate_range: `(low, high)` range of the coordinate tags.
-        bn_momentum: momentum of the batch-norm moving statistics. 0.9 (PyTorch's default, used by the public
-            reproductions) rather than Keras's 0.99: at the learning rates that train fast, the conv statistics
-            move faster than a 0.99 average can follow, and inference-mode accuracy collapses.
+        bn_momentum: momentum of the batch-norm moving statistics; 0.9 (PyTorch's default, which the public
+            reproductions use) rather than Keras's 0.99, so the statistics follow the fast-changing early features.
         synchronized_bn: use `BatchNormalization(synchronized=True)`, which keeps the moving statistics identical
             across replicas in synchronous multi-worker training.
         output_mode: `"objects"` (default) for the coordinate-tagged object set, or `"feature_map"` for the raw

@@ -1,0 +1,189 @@
+"""Throughput and scaling of the Relation Network on this machine.
+
+    python tools/benchmark.py --config configs/sort_of_clevr.yaml --out docs/benchmark.json
+
+1. Training throughput (questions/s, forward + backward + Adam update) of the config's model for every
+   combination of: naive vs factorized first layer of g, float32 vs mixed bfloat16, with and without XLA
+   (`jit_compile`). Median over `--repeats` timings of `--steps` steps each, and the ratio to the slowest
+   variant measured in the same run.
+2. Scaling: time and peak memory (process max RSS, each size in a fresh process) of one RelationModule
+   forward + backward at batch 64, g 4 x 256, as the number of objects grows, with and without pair chunking
+   (a size that would not fit in memory unchunked is skipped and marked so).
+
+Prints tables and writes everything to `--out` (JSON) with the hardware description.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import _common  # noqa: F401
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", "configs/sort_of_clevr.yaml", "Model whose training throughput is measured.")
+flags.DEFINE_integer("batch_size", 64, "Batch size (questions per step).")
+flags.DEFINE_integer("repeats", 5, "Timings per variant (the median is reported).")
+flags.DEFINE_integer("steps", 10, "Steps per timing.")
+flags.DEFINE_list("sizes", ["25", "64", "100", "256", "400"], "Object counts for the scaling curve.")
+flags.DEFINE_integer("scaling_repeats", 3, "Timings per size (1 for sizes above 100).")
+flags.DEFINE_float("memory_budget_gb", 16.0, "Skip unchunked sizes whose activations would exceed this.")
+flags.DEFINE_string("out", None, "Write the results as JSON here.")
+flags.DEFINE_bool("skip_throughput", False, "Only the scaling curve.")
+flags.DEFINE_bool("skip_scaling", False, "Only the throughput table.")
+flags.DEFINE_string("scaling_worker", None, "Internal: 'N,chunk' measured in this process.")
+
+G_WIDTH, G_LAYERS, OBJECT_DIM, QUESTION_DIM = 256, 4, 26, 11
+
+
+def _median_rate(step, batch, repeats, steps):
+    for _ in range(3):
+        step()
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = step()
+        float(out)
+        timings.append((time.perf_counter() - start) / steps)
+    return batch / statistics.median(timings), [batch / t for t in timings]
+
+
+def throughput(config_path):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from relation_networks import config as config_lib
+    from relation_networks import tasks
+
+    results = []
+    for precision in ("float32", "mixed_bfloat16"):
+        for factorized in (False, True):
+            for jit in (False, True):
+                config = config_lib.load(config_path, [f"model.factorized={str(factorized).lower()}"]
+                                         if hasattr(config_lib.load(config_path).model, "factorized") else [])
+                task = tasks.get(config.task)
+                keras.config.set_dtype_policy(precision)
+                keras.utils.set_random_seed(0)
+                model = task.build_model(config)
+                keras.config.set_dtype_policy("float32")
+                optimizer = keras.optimizers.Adam(1e-4)
+                rng = np.random.default_rng(0)
+                features = {}
+                for tensor in model.inputs:
+                    name, shape = tensor.name.split(":")[0], (FLAGS.batch_size,) + tuple(tensor.shape[1:])
+                    if "int" in str(tensor.dtype):
+                        features[name] = tf.constant(rng.integers(0, 2, size=shape), dtype=tensor.dtype)
+                    else:
+                        features[name] = tf.constant(rng.uniform(size=shape), dtype=tensor.dtype)
+                labels = tf.zeros((FLAGS.batch_size,), tf.int32)
+
+                def grads(features, labels):
+                    with tf.GradientTape() as tape:
+                        loss = tf.reduce_mean(task.loss(labels, model(features, training=True)))
+                    return loss, tape.gradient(loss, model.trainable_variables)
+
+                grads_fn = tf.function(grads, jit_compile=jit)
+
+                @tf.function
+                def step():
+                    loss, g = grads_fn(features, labels)
+                    optimizer.apply_gradients(zip(g, model.trainable_variables))
+                    return loss
+
+                rate, rates = _median_rate(step, FLAGS.batch_size, FLAGS.repeats, FLAGS.steps)
+                row = {"precision": precision, "first_layer": "factorized" if factorized else "naive",
+                       "jit_compile": jit, "questions_per_second": rate, "all": rates}
+                results.append(row)
+                print(f"  {precision:<15} {row['first_layer']:<11} jit={str(jit):<5} {rate:8.1f} q/s", flush=True)
+    slowest = min(r["questions_per_second"] for r in results)
+    for r in results:
+        r["speedup_vs_slowest"] = r["questions_per_second"] / slowest
+    return results
+
+
+def scaling_worker(n, chunk):
+    """One forward + backward of a RelationModule on N objects; prints JSON (time, peak RSS)."""
+    import resource
+
+    import numpy as np
+    import tensorflow as tf
+
+    from relation_networks import RelationModule
+
+    layer = RelationModule([G_WIDTH] * G_LAYERS, [G_WIDTH, 10], pair_chunk_size=chunk or None)
+    objects = tf.constant(np.random.default_rng(0).normal(size=(64, n, OBJECT_DIM)), tf.float32)
+    question = tf.constant(np.random.default_rng(1).normal(size=(64, QUESTION_DIM)), tf.float32)
+    layer(objects, question=question)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(objects, question=question) ** 2)
+        return loss, tape.gradient(loss, layer.trainable_variables)
+
+    repeats = FLAGS.scaling_repeats if n <= 100 else 1
+    step()
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        loss, _ = step()
+        float(loss)
+        timings.append(time.perf_counter() - start)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"objects": n, "pair_chunk_size": chunk or None, "seconds": statistics.median(timings),
+                      "peak_rss_gb": peak_kb / 1e6, "repeats": repeats}))
+
+
+def scaling():
+    rows = []
+    for n in (int(s) for s in FLAGS.sizes):
+        # float32 activations kept for the backward pass: ~2 tensors per g layer of [64, N*N, 256]
+        estimate_gb = 64 * n * n * G_WIDTH * 4 * 2 * G_LAYERS / 1e9
+        for chunk in (0, max(1, 4096 // n)):
+            if chunk == 0 and estimate_gb > FLAGS.memory_budget_gb:
+                rows.append({"objects": n, "pair_chunk_size": None, "skipped": f"~{estimate_gb:.0f} GB of activations"})
+                print(f"  N={n:<4} unchunked: skipped (~{estimate_gb:.0f} GB of activations)", flush=True)
+                continue
+            command = [sys.executable, os.path.abspath(__file__), f"--scaling_worker={n},{chunk}",
+                       f"--scaling_repeats={FLAGS.scaling_repeats}"]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                rows.append({"objects": n, "pair_chunk_size": chunk or None, "failed": done.stderr.strip().splitlines()[-1:]})
+                print(f"  N={n:<4} chunk={chunk}: FAILED {rows[-1]['failed']}", flush=True)
+                continue
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(f"  N={n:<4} chunk={str(chunk or '-'):<5} {row['seconds']:8.3f} s  peak RSS {row['peak_rss_gb']:.2f} GB",
+                  flush=True)
+    return rows
+
+
+@_common.main_wrapper
+def main(argv):
+    del argv
+    if FLAGS.scaling_worker:
+        n, chunk = (int(x) for x in FLAGS.scaling_worker.split(","))
+        scaling_worker(n, chunk)
+        return
+    from relation_networks.io import atomic_write_json
+    from relation_networks.training import hardware
+
+    result = {"hardware": hardware(), "batch_size": FLAGS.batch_size, "command": " ".join(sys.argv),
+              "cpu_affinity": sorted(os.sched_getaffinity(0))}
+    if not FLAGS.skip_throughput:
+        print(f"Training throughput of {FLAGS.config} (median of {FLAGS.repeats} x {FLAGS.steps} steps):", flush=True)
+        result["throughput"] = throughput(FLAGS.config)
+    if not FLAGS.skip_scaling:
+        print(f"RelationModule forward+backward, batch 64, g {G_LAYERS} x {G_WIDTH}:", flush=True)
+        result["scaling"] = scaling()
+    if FLAGS.out:
+        atomic_write_json(FLAGS.out, result)
+
+
+if __name__ == "__main__":
+    app.run(main)
