@@ -1,0 +1,221 @@
+"""CLEVR from pixels (paper appendix B) and from state descriptions (appendix C).
+
+`data.dir` is a CLEVR v1.0 directory in the official layout. On first use each split is preprocessed into
+TFRecord shards under `data.preprocessed_dir` (by default `<run's data cache>`), with the vocabulary built from the
+training questions only and saved with the run (`clevr_vocab.json`).
+"""
+
+import dataclasses
+import json
+import os
+import typing
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from relation_networks import tasks
+from relation_networks.config import choice
+from relation_networks.data import clevr
+from relation_networks.errors import DataError
+from relation_networks.evaluation import grouped_accuracy
+from relation_networks.io import atomic_write_json
+from relation_networks.layers import ConvObjectExtractor, RelationModule
+from relation_networks.tasks.base import Task
+
+VOCAB_FILE = "clevr_vocab.json"
+PAPER_PIXELS = {"accuracy": 0.955, "count": 0.901, "exist": 0.978, "compare_numbers": 0.936,
+                "query_attribute": 0.979, "compare_attribute": 0.971}
+PAPER_STATE = {"accuracy": 0.964}
+
+
+@dataclasses.dataclass
+class ClevrData:
+    dir: str = "data/CLEVR_v1.0"
+    preprocessed_dir: typing.Optional[str] = None  # default: <dir>_preprocessed_<image_size>
+    image_size: int = 128
+    question_length: int = 48
+    shards: int = 32
+    augment: bool = True  # pad to image_size + 8, random crop, random rotation (training only)
+    pad: int = 8
+    max_rotation: float = 0.05  # radians
+    question_shuffle_buffer: int = 10000
+
+
+@dataclasses.dataclass
+class ClevrModel:
+    type: str = choice("pixels", ("pixels", "state"))
+    conv_filters: typing.List[int] = dataclasses.field(default_factory=lambda: [24, 24, 24, 24])
+    embedding_dim: int = 32
+    lstm_units: int = 128
+    g_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256] * 4)
+    f_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256, 256])  # + linear answer logits
+    dropout: float = 0.5  # on the penultimate layer of the RN (paper)
+    aggregation: str = choice("sum", ("sum", "mean"))
+    bn_momentum: float = 0.9
+    synchronized_bn: bool = False
+
+
+def rotate(images, angles, fill_mode="nearest"):
+    """Rotate `[B, H, W, C]` images by `angles` `[B]` radians about their centres (bilinear)."""
+    images = tf.convert_to_tensor(images)
+    h = tf.cast(tf.shape(images)[1], tf.float32)
+    w = tf.cast(tf.shape(images)[2], tf.float32)
+    cos, sin = tf.cos(angles), tf.sin(angles)
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    # output pixel (x, y) samples input at R^-1 (x - c) + c
+    transform = tf.stack([cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy,
+                          tf.zeros_like(cos), tf.zeros_like(cos)], axis=1)
+    out = keras.ops.image.affine_transform(tf.cast(images, tf.float32), transform, interpolation="bilinear",
+                                           fill_mode=fill_mode)
+    return tf.cast(tf.round(out), images.dtype) if images.dtype.is_integer else out
+
+
+def augment(image, seed, image_size, pad, max_rotation):
+    """The paper's training augmentation: pad by `pad` pixels, random crop back to `image_size`, random rotation
+    in [-max_rotation, max_rotation] radians. `seed` is a `[2]` stateless seed."""
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    padded = tf.image.resize_with_crop_or_pad(image, image_size + pad, image_size + pad)
+    cropped = tf.image.stateless_random_crop(padded, (image_size, image_size, 3), seed=seeds[0])
+    angle = tf.random.stateless_uniform((1,), seeds[1], -max_rotation, max_rotation)
+    return rotate(cropped[None], angle)[0]
+
+
+def build_model(model_config, data_config, vocab):
+    question = keras.Input((data_config.question_length,), dtype="int32", name="question")
+    embedded = keras.layers.Embedding(len(vocab["words"]), model_config.embedding_dim, name="embedding")(question)
+    # Questions are left-padded, so the final state follows the last word without masking; unrolled, the LSTM
+    # converts to TFLite builtin ops with a dynamic batch.
+    q = keras.layers.LSTM(model_config.lstm_units, unroll=True, name="question_lstm")(embedded)
+    rn = RelationModule(
+        model_config.g_units, list(model_config.f_units) + [len(vocab["answers"])], dropout=model_config.dropout,
+        aggregation=model_config.aggregation, name="relation_module",
+    )
+    if model_config.type == "pixels":
+        image = keras.Input((data_config.image_size, data_config.image_size, 3), dtype="uint8", name="image")
+        pixels = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(image)
+        objects = ConvObjectExtractor(model_config.conv_filters, bn_momentum=model_config.bn_momentum,
+                                      synchronized_bn=model_config.synchronized_bn, name="cnn")(pixels)
+        logits = rn(objects, question=q)
+        inputs = {"image": image, "question": question}
+    else:
+        objects = keras.Input((clevr.MAX_OBJECTS, clevr.OBJECT_DIM), name="objects")
+        mask = keras.Input((clevr.MAX_OBJECTS,), name="object_mask")
+        logits = rn(objects, question=q, object_mask=mask)
+        inputs = {"objects": objects, "object_mask": mask, "question": question}
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+    return keras.Model(inputs, logits, name=f"clevr_{model_config.type}")
+
+
+@tasks.register
+class Clevr(Task):
+    name = "clevr"
+    data_config = ClevrData
+    model_config = ClevrModel
+
+    def _preprocessed(self, config, split):
+        d = config.data
+        root = d.preprocessed_dir or f"{d.dir.rstrip('/')}_preprocessed_{d.image_size}"
+        return os.path.join(root, split)
+
+    def vocabulary(self, config):
+        path = os.path.join(config.run_dir or ".", VOCAB_FILE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                return json.load(f)
+        vocab = clevr.build_vocabulary(config.data.dir)
+        if config.run_dir:
+            atomic_write_json(path, vocab)
+        return vocab
+
+    def ensure_split(self, config, split, log=print):
+        out = self._preprocessed(config, split)
+        meta = os.path.join(out, "meta.json")
+        if not os.path.isfile(meta):
+            d = config.data
+            if not os.path.isdir(d.dir):
+                raise DataError(f"CLEVR directory not found: {d.dir} (set data.dir to your CLEVR_v1.0 directory).")
+            log(f"Preprocessing CLEVR {split} into {out} (one-time) ...")
+            clevr.preprocess(d.dir, split, out, self.vocabulary(config), d.image_size, d.question_length, d.shards, log=log)
+        with open(meta) as f:
+            return json.load(f)
+
+    def prepare(self, config, log=print):
+        self.vocabulary(config)
+        for split in config.train.eval_splits + ["train"]:
+            self.ensure_split(config, split, log=log)
+
+    def num_examples(self, config, split):
+        return self.ensure_split(config, split)["questions"]
+
+    def dataset(self, config, split, *, training=False, shuffle=None, seed=0, input_context=None):
+        examples = self._examples(config, split, training, shuffle, seed, input_context)
+        return examples.map(lambda features, labels: (features, labels[0]))
+
+    def _examples(self, config, split, training=False, shuffle=None, seed=0, input_context=None):
+        """Like `dataset`, with labels `(answer, category)`."""
+        d = config.data
+        meta = self.ensure_split(config, split)
+        files = sorted(tf.io.gfile.glob(os.path.join(self._preprocessed(config, split), f"{split}-*.tfrecord")))
+        shuffle = training if shuffle is None else shuffle
+        records = tf.data.Dataset.from_tensor_slices(files)
+        if shuffle:
+            records = records.shuffle(len(files), seed=seed)
+        records = records.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)))
+        images = records.map(lambda r: clevr.parse_example(r, meta["image_size"], meta["question_length"]),
+                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        state = config.model.type == "state"
+
+        def questions_of(record):
+            n = tf.shape(record["questions"])[0]
+            features = {"question": tf.cast(record["questions"], tf.int32)}
+            if state:
+                features["objects"] = tf.repeat(record["objects"][None], n, axis=0)
+                features["object_mask"] = tf.repeat(record["object_mask"][None], n, axis=0)
+            else:
+                features["image"] = tf.repeat(record["image"][None], n, axis=0)
+            labels = (tf.cast(record["answers"], tf.int32), tf.cast(record["categories"], tf.int32))
+            return tf.data.Dataset.from_tensor_slices((features, labels))
+
+        examples = images.flat_map(questions_of)
+        if shuffle:
+            examples = examples.shuffle(d.question_shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=False)
+        if input_context is not None and input_context.num_input_pipelines > 1:
+            examples = examples.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        if training and d.augment and not state:
+            def augmented(features, labels, index):
+                features = dict(features)
+                features["image"] = augment(features["image"], tf.stack([tf.cast(seed, tf.int64), index]),
+                                            d.image_size, d.pad, d.max_rotation)
+                return features, labels
+
+            examples = examples.enumerate().map(lambda i, e: augmented(e[0], e[1], i), num_parallel_calls=tf.data.AUTOTUNE)
+        return examples
+
+    def build_model(self, config):
+        return build_model(config.model, config.data, self.vocabulary(config))
+
+    def answer_names(self, config):
+        return list(self.vocabulary(config)["answers"])
+
+    def write_serving_assets(self, config, directory):
+        vocab = self.vocabulary(config)
+        atomic_write_json(os.path.join(directory, VOCAB_FILE), vocab)
+        with open(os.path.join(directory, "vocab.txt"), "w") as f:  # token id = line number (0 = padding)
+            f.write("\n".join(vocab["words"]) + "\n")
+
+    def paper_results(self, config):
+        return dict(PAPER_PIXELS if config.model.type == "pixels" else PAPER_STATE)
+
+    def evaluate(self, predict_fn, config, split, batch_size=256):
+        if not self.ensure_split(config, split)["has_answers"]:
+            raise DataError(f"The CLEVR {split} split has no answers: it can only be predicted "
+                            "(tools/predict.py on an exported model), not evaluated. Evaluate on val.")
+        ds = self._examples(config, split).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        correct, categories = [], []
+        for features, (answers, cats) in ds.as_numpy_iterator():
+            correct.append(np.asarray(predict_fn(features)).argmax(-1) == answers)
+            categories.append(cats)
+        correct, categories = np.concatenate(correct), np.concatenate(categories)
+        groups = grouped_accuracy(correct, categories, clevr.CATEGORIES)
+        return self.report(config, split, len(correct), {"accuracy": float(correct.mean())}, groups)
