@@ -237,12 +237,12 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
     def replica_step(features, labels):
         with tf.GradientTape() as tape:
             logits = model(features, training=True)
-            loss = tf.nn.compute_average_loss(task.loss(labels, logits), global_batch_size=global_batch)
+            loss = tf.nn.compute_average_loss(task.loss(config, labels, logits), global_batch_size=global_batch)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss, tf.reduce_sum(task.correct(labels, logits))
+        return loss, tf.reduce_sum(task.correct(config, labels, logits))
 
     if train_cfg.jit_compile:
         replica_step = tf.function(replica_step, jit_compile=True)

@@ -84,7 +84,7 @@ def throughput(config_path):
 
                 def grads(features, labels):
                     with tf.GradientTape() as tape:
-                        loss = tf.reduce_mean(task.loss(labels, model(features, training=True)))
+                        loss = tf.reduce_mean(task.loss(config, labels, model(features, training=True)))
                     return loss, tape.gradient(loss, model.trainable_variables)
 
                 grads_fn = tf.function(grads, jit_compile=jit)

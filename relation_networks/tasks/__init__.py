@@ -26,4 +26,4 @@ def names():
 
 
 # Built-in tasks register themselves on import.
-from relation_networks.tasks import babi, clevr, nth_farthest, sort_of_clevr  # noqa: E402,F401
+from relation_networks.tasks import babi, clevr, nth_farthest, physics, sort_of_clevr  # noqa: E402,F401

@@ -144,7 +144,7 @@ class Babi(Task):
     def build_model(self, config):
         return build_model(config.model, config.data, self.vocabulary(config))
 
-    def loss(self, labels, logits):
+    def loss(self, config, labels, logits):
         return keras.losses.sparse_categorical_crossentropy(tf.maximum(labels, 0), logits, from_logits=True)
 
     def answer_names(self, config):

@@ -40,11 +40,11 @@ class Task:
         """A `keras.Model` from the config, taking the features dict and returning float32 logits."""
         raise NotImplementedError
 
-    def loss(self, labels, logits):
+    def loss(self, config, labels, logits):
         """Per-example loss `[batch]` (default: softmax cross-entropy over classes)."""
         return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
 
-    def correct(self, labels, logits):
+    def correct(self, config, labels, logits):
         """Per-example 1.0 / 0.0 correctness `[batch]` (default: argmax equals the label)."""
         predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
         return tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)

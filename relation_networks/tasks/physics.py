@@ -1,0 +1,136 @@
+"""Dynamic physical systems (paper section 5.5, appendix F): connection inference and counting systems."""
+
+import dataclasses
+import os
+import typing
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from relation_networks import tasks
+from relation_networks.config import choice
+from relation_networks.data import physics
+from relation_networks.errors import DataError
+from relation_networks.evaluation import grouped_accuracy
+from relation_networks.layers import RelationModule
+from relation_networks.tasks.base import Task
+
+
+@dataclasses.dataclass
+class PhysicsData:
+    dir: str = "data/physics"
+    target: str = choice("connections", ("connections", "count"))
+    seed: int = 0
+    num_balls: int = 10
+    frames: int = 16
+    train_scenes: int = 50000
+    val_scenes: int = 2000
+    test_scenes: int = 5000
+    workers: int = 0  # simulation processes (0: one per core)
+
+
+@dataclasses.dataclass
+class PhysicsModel:
+    type: str = choice("rn", ("rn", "mlp"))
+    g_units: typing.List[int] = dataclasses.field(default_factory=lambda: [1000, 1000, 1000, 500])
+    f_units: typing.List[int] = dataclasses.field(default_factory=lambda: [500, 100])  # + linear outputs
+    mlp_units: typing.List[int] = dataclasses.field(default_factory=lambda: [1000, 1000, 1000, 500, 100])
+    aggregation: str = choice("sum", ("sum", "mean"))
+
+
+def build_model(model_config, data_config):
+    """Input `balls` float32 `[B, num_balls, 2 * frames + 1]`; output logits: `num_balls**2` connection logits
+    (row-major pairs) or `num_balls` system-count logits (count k = class k - 1)."""
+    n = data_config.num_balls
+    balls = keras.Input((n, 2 * data_config.frames + 1), name="balls")
+    outputs = n * n if data_config.target == "connections" else n
+    if model_config.type == "rn":
+        logits = RelationModule(model_config.g_units, list(model_config.f_units) + [outputs],
+                                aggregation=model_config.aggregation, name="relation_module")(balls)
+    else:
+        h = keras.layers.Flatten(name="flatten")(balls)
+        for k, units in enumerate(model_config.mlp_units):
+            h = keras.layers.Dense(units, activation="relu", name=f"mlp_{k}")(h)
+        logits = keras.layers.Dense(outputs, name="mlp_logits")(h)
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+    return keras.Model({"balls": balls}, logits, name=f"physics_{data_config.target}_{model_config.type}")
+
+
+@tasks.register
+class Physics(Task):
+    name = "physics"
+    data_config = PhysicsData
+    model_config = PhysicsModel
+
+    def _sizes(self, d):
+        return {"train": d.train_scenes, "val": d.val_scenes, "test": d.test_scenes}
+
+    def _directory(self, config, log=print):
+        d = config.data
+        return physics.prepare(d.dir, d.seed, self._sizes(d), log=log, workers=d.workers or None,
+                               num_balls=d.num_balls, frames=d.frames)
+
+    def prepare(self, config, log=print):
+        self._directory(config, log=log)
+
+    def num_examples(self, config, split):
+        if split not in self._sizes(config.data):
+            raise DataError(f"Unknown physics split {split!r}; expected train, val or test.")
+        return self._sizes(config.data)[split]
+
+    def dataset(self, config, split, *, training=False, shuffle=None, seed=0, input_context=None):
+        d = config.data
+        self.num_examples(config, split)
+        path = os.path.join(self._directory(config, log=lambda *_: None), f"{split}.tfrecord")
+        ds = tf.data.TFRecordDataset(path).map(lambda r: physics.parse_example(r, d.num_balls, d.frames)).cache()
+        if training if shuffle is None else shuffle:
+            ds = ds.shuffle(100_000, seed=seed, reshuffle_each_iteration=False)
+        if input_context is not None and input_context.num_input_pipelines > 1:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        if d.target == "connections":
+            return ds.map(lambda o, c, s: ({"balls": o}, c))
+        return ds.map(lambda o, c, s: ({"balls": o}, tf.cast(s - 1, tf.int32)))
+
+    def build_model(self, config):
+        return build_model(config.model, config.data)
+
+    def loss(self, config, labels, logits):
+        if config.data.target == "connections":  # 100 independent yes/no outputs
+            per_pair = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(labels, logits.dtype), logits=logits)
+            return tf.reduce_mean(per_pair, axis=-1)
+        return super().loss(config, labels, logits)
+
+    def correct(self, config, labels, logits):
+        if config.data.target == "connections":  # a scene counts when every pair is right
+            return tf.cast(tf.reduce_all(tf.equal(logits > 0, labels > 0.5), axis=-1), tf.float32)
+        return super().correct(config, labels, logits)
+
+    def multilabel(self, config):
+        return config.data.target == "connections"
+
+    def paper_results(self, config):
+        if config.model.type != "rn":
+            return {}
+        return {"scenes_all_correct": 0.93} if config.data.target == "connections" else {"accuracy": 0.95}
+
+    def evaluate(self, predict_fn, config, split, batch_size=256):
+        _, labels, logits = self.predictions(predict_fn, config, split, batch_size)
+        n = config.data.num_balls
+        if config.data.target == "connections":
+            predicted = logits > 0
+            truth = labels > 0.5
+            off_diagonal = ~np.eye(n, dtype=bool).reshape(-1)
+            pair_correct = (predicted == truth)[:, off_diagonal]
+            scene_correct = pair_correct.all(axis=1)
+            systems = np.array([physics.components(t.reshape(n, n)) for t in truth])
+            groups = grouped_accuracy(scene_correct, systems - 1, [f"{k}_systems" for k in range(1, n + 1)])
+            metrics = {"scenes_all_correct": float(scene_correct.mean()), "pair_accuracy": float(pair_correct.mean())}
+            return self.report(config, split, len(labels), metrics, groups)
+        predicted = logits.argmax(-1)
+        correct = predicted == labels
+        confusion = np.zeros((n, n), int)
+        np.add.at(confusion, (labels, predicted), 1)
+        groups = grouped_accuracy(correct, labels, [f"{k}_systems" for k in range(1, n + 1)])
+        return self.report(config, split, len(labels), {"accuracy": float(correct.mean())}, groups,
+                           extra={"confusion (rows: true count 1..n, columns: predicted)": confusion.tolist()})
