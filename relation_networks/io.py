@@ -13,7 +13,7 @@ def atomic_path(path):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     # Keep the extension: some writers (keras.Model.save) insist on it.
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-", suffix=f"-{os.path.basename(path)}", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f"-{os.path.basename(path)}", dir=directory)
     os.close(fd)
     try:
         yield tmp

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import keras
 
 from relation_networks import ConvObjectExtractor
 from relation_networks.layers import cell_coordinates

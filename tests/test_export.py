@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_tool, tiny_sort_of_clevr_overrides
+from conftest import run_tool, tiny_sort_of_clevr_overrides
 
 
 @pytest.fixture(scope="module")

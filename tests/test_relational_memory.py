@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import keras
-import tensorflow as tf
 
 from conftest import run_tool
 from relation_networks import RelationalMemory

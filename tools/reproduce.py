@@ -59,7 +59,7 @@ def section(task, split, runs):
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {_pct(paper)} |")
     for key in ("passed",):
         if key in reports[0][1]["extra"]:
-            rows.append(f"| tasks passed (> 95%) | " + " | ".join(str(r["extra"][key]) for _, r in reports)
+            rows.append("| tasks passed (> 95%) | " + " | ".join(str(r["extra"][key]) for _, r in reports)
                         + f" | {reports[0][1]['extra'].get('paper_passed', '')} |")
     header = "| % | " + " | ".join(label for label, _ in reports) + " | paper |\n|---|" + "---|" * (len(reports) + 1)
     info = ["| run | config | steps | epochs | training wall time | complete | seed | command |", "|---|---|---|---|---|---|---|---|"]

@@ -30,7 +30,7 @@ TIMESTEP = 0.005
 
 def scene_xml(positions, links, stiffness=40.0):
     """MJCF of a scene: balls at `positions` `[n, 2]`, `links` a list of `(i, j, kind)`, kind 'spring' | 'rigid'."""
-    balls, sites, tendons, equalities = [], [], [], []
+    balls, tendons, equalities = [], [], []
     for k, (x, y) in enumerate(positions):
         balls.append(
             f'<body name="b{k}" pos="{x:.6f} {y:.6f} {BALL_RADIUS}">'

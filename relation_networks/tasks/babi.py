@@ -22,6 +22,7 @@ from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
 from relation_networks.io import atomic_write_json
 from relation_networks.layers import RelationModule, SentenceObjects
+from relation_networks.models import logits_model
 from relation_networks.tasks.base import Task
 
 VOCAB_FILE = "vocab.json"
@@ -73,8 +74,7 @@ def build_model(model_config, data_config, vocab):
         model_config.g_units, list(model_config.f_units) + [len(vocab.answers)], dropout=model_config.dropout,
         aggregation=model_config.aggregation, name="relation_module",
     )(objects, question=q, object_mask=object_mask)
-    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
-    return keras.Model({"context": context, "question": question}, logits, name="babi_rn")
+    return logits_model({"context": context, "question": question}, logits, "babi_rn")
 
 
 @functools.lru_cache(maxsize=8)

@@ -21,6 +21,7 @@ from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
 from relation_networks.io import atomic_write_json
 from relation_networks.layers import ConvObjectExtractor, RelationModule
+from relation_networks.models import logits_model
 from relation_networks.tasks.base import Task
 
 VOCAB_FILE = "clevr_vocab.json"
@@ -103,8 +104,7 @@ def build_model(model_config, data_config, vocab):
         mask = keras.Input((clevr.MAX_OBJECTS,), name="object_mask")
         logits = rn(objects, question=q, object_mask=mask)
         inputs = {"objects": objects, "object_mask": mask, "question": question}
-    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
-    return keras.Model(inputs, logits, name=f"clevr_{model_config.type}")
+    return logits_model(inputs, logits, f"clevr_{model_config.type}")
 
 
 @tasks.register

@@ -13,6 +13,7 @@ from relation_networks.data import nth_farthest as nf
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
 from relation_networks.layers import RelationalMemory
+from relation_networks.models import logits_model, mlp
 from relation_networks.tasks.base import Task
 
 
@@ -59,11 +60,8 @@ def build_model(model_config, data_config):
         h = keras.layers.RNN(cell, unroll=True, name="rmc")(sequence)
     else:
         h = keras.layers.LSTM(model_config.lstm_units, unroll=True, name="lstm")(sequence)
-    for k, units in enumerate(model_config.mlp_units):
-        h = keras.layers.Dense(units, activation="relu", name=f"mlp_{k}")(h)
-    logits = keras.layers.Dense(data_config.num_vectors, name="answer")(h)
-    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
-    return keras.Model({"sequence": sequence}, logits, name=f"nth_farthest_{model_config.type}")
+    logits = keras.layers.Dense(data_config.num_vectors, name="answer")(mlp(h, model_config.mlp_units, "mlp"))
+    return logits_model({"sequence": sequence}, logits, f"nth_farthest_{model_config.type}")
 
 
 @tasks.register

@@ -14,6 +14,7 @@ from relation_networks.data import physics
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
 from relation_networks.layers import RelationModule
+from relation_networks.models import logits_model, mlp
 from relation_networks.tasks.base import Task
 
 
@@ -49,12 +50,9 @@ def build_model(model_config, data_config):
         logits = RelationModule(model_config.g_units, list(model_config.f_units) + [outputs],
                                 aggregation=model_config.aggregation, name="relation_module")(balls)
     else:
-        h = keras.layers.Flatten(name="flatten")(balls)
-        for k, units in enumerate(model_config.mlp_units):
-            h = keras.layers.Dense(units, activation="relu", name=f"mlp_{k}")(h)
+        h = mlp(keras.layers.Flatten(name="flatten")(balls), model_config.mlp_units, "mlp")
         logits = keras.layers.Dense(outputs, name="mlp_logits")(h)
-    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
-    return keras.Model({"balls": balls}, logits, name=f"physics_{data_config.target}_{model_config.type}")
+    return logits_model({"balls": balls}, logits, f"physics_{data_config.target}_{model_config.type}")
 
 
 @tasks.register

@@ -14,6 +14,7 @@ from relation_networks.data import sort_of_clevr as soc
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy, mean_of_groups
 from relation_networks.layers import ConvObjectExtractor, RelationModule
+from relation_networks.models import logits_model, mlp
 from relation_networks.tasks.base import Task
 
 SPLITS = ("train", "val", "test")
@@ -74,13 +75,11 @@ def build_model(model_config, name="sort_of_clevr"):
         h = keras.layers.Concatenate(name="image_and_question")(
             [keras.layers.Flatten(name="flatten")(cnn(pixels)), question]
         )
-        for k, units in enumerate(list(model_config.g_units) + list(model_config.f_units)):
-            h = keras.layers.Dense(units, activation="relu", name=f"mlp_{k}")(h)
+        h = mlp(h, list(model_config.g_units) + list(model_config.f_units), "mlp")
         if model_config.dropout:
             h = keras.layers.Dropout(model_config.dropout, name="mlp_dropout")(h)
         logits = keras.layers.Dense(len(soc.ANSWERS), name="mlp_logits")(h)
-    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
-    return keras.Model({"image": image, "question": question}, logits, name=f"{name}_{model_config.type}")
+    return logits_model({"image": image, "question": question}, logits, f"{name}_{model_config.type}")
 
 
 @tasks.register
