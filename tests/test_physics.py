@@ -90,3 +90,7 @@ def test_tiny_training_evaluation_and_export(config, tmp_path_factory):
     out = run_tool("export", "--run", run_dir, "--out", str(base / "sm"), "--serving_doc", str(base / "S.md"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "FAILED" not in out.stdout
+    if config == "physics_connections":  # the picture: trajectories with true and predicted connections
+        pictures = run_tool("visualize", "--model", run_dir, "--num", "2", "--out", str(base / "vis"))
+        assert pictures.returncode == 0, pictures.stderr[-3000:]
+        assert len(list((base / "vis").glob("*.png"))) == 2

@@ -1,7 +1,13 @@
-"""Draw Sort-of-CLEVR test questions with the model's answers and where its relations carried the weight.
+"""Draw test examples with the model's answers.
 
     python tools/visualize.py --model runs/sort_of_clevr --num 8 --out docs/figures/visualize
+    python tools/visualize.py --model runs/physics_connections --num 4 --out docs/figures/physics
 
+Physics models: one PNG per scene with each ball's 16-frame trajectory (fading from first to last frame) and the
+connections between the balls' last positions: true links in green, predicted ones dashed red on top (a
+connections model), or the true and predicted number of systems (a counting model).
+
+Sort-of-CLEVR models:
 For each of `--num` test images, one PNG: the image (upscaled), each shown question in words with the true and
 predicted answer, and beside it a heat map over the CNN's object cells. A cell's weight is the share of the
 predicted answer's logit carried by the pair relations it takes part in: each pair's `g_theta` output is projected
@@ -17,7 +23,7 @@ from absl import app, flags
 from relation_networks.errors import UserError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Run directory (or its model.keras) of a CNN+RN Sort-of-CLEVR model.")
+flags.DEFINE_string("model", None, "Run directory (or its model.keras) of a Sort-of-CLEVR CNN+RN or a physics model.")
 flags.DEFINE_integer("num", 8, "Number of test images.")
 flags.DEFINE_integer("questions", 4, "Questions drawn per image (alternating non-relational and relational).")
 flags.DEFINE_string("split", "test", "Split to draw from.")
@@ -91,6 +97,74 @@ def render(image, items, scale, path):
     canvas.save(path)
 
 
+def render_physics(balls, truth, predicted, frames, path, size=420):
+    """One scene: trajectories, true (green) and predicted (dashed red) connections, or counts."""
+    import colorsys
+
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    n = len(balls)
+    xs, ys = balls[:, :frames], balls[:, frames : 2 * frames]
+    image = Image.new("RGB", (size + 220, size), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+
+    def pixel(x, y):
+        return (x + 1.0) / 2.0 * (size - 20) + 10, (1.0 - (y + 1.0) / 2.0) * (size - 20) + 10
+
+    draw.rectangle([10, 10, size - 10, size - 10], outline="black")
+    palette = [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(k / n, 0.8, 0.9)) for k in range(n)]
+    if truth.ndim == 2:
+        for i in range(n):
+            for j in range(i + 1, n):
+                a, b = pixel(xs[i, -1], ys[i, -1]), pixel(xs[j, -1], ys[j, -1])
+                if truth[i, j]:
+                    draw.line([a, b], fill=(0, 170, 0), width=5)
+                if predicted[i, j]:
+                    steps = 12
+                    for s in range(0, steps, 2):
+                        p0 = (a[0] + (b[0] - a[0]) * s / steps, a[1] + (b[1] - a[1]) * s / steps)
+                        p1 = (a[0] + (b[0] - a[0]) * (s + 1) / steps, a[1] + (b[1] - a[1]) * (s + 1) / steps)
+                        draw.line([p0, p1], fill=(220, 0, 0), width=2)
+    for k in range(n):
+        for f in range(frames):
+            px, py = pixel(xs[k, f], ys[k, f])
+            r = 2 + 4 * f / max(frames - 1, 1)
+            shade = tuple(int(255 - (255 - c) * (0.25 + 0.75 * f / max(frames - 1, 1))) for c in palette[k])
+            draw.ellipse([px - r, py - r, px + r, py + r], fill=shade)
+    x0 = size + 10
+    if truth.ndim == 2:
+        right = int(np.sum(np.triu(truth == predicted, 1)))
+        total = n * (n - 1) // 2
+        lines = ["green: true connection", "dashed red: predicted", f"pairs right: {right}/{total}",
+                 "scene: " + ("ALL RIGHT" if right == total else "wrong")]
+    else:
+        lines = [f"true systems: {truth}", f"predicted: {predicted}", "right" if truth == predicted else "WRONG"]
+    for k, text in enumerate(lines):
+        draw.text((x0, 20 + 20 * k), text, fill="black", font=font)
+    image.save(path)
+
+
+def _physics(config, model, task):
+    import numpy as np
+
+    n, frames = config.data.num_balls, config.data.frames
+    ds = task.dataset(config, FLAGS.split).batch(FLAGS.num).take(1)
+    features, labels = next(ds.as_numpy_iterator())
+    logits = model(features, training=False).numpy()
+    os.makedirs(FLAGS.out, exist_ok=True)
+    for k in range(len(labels)):
+        if config.data.target == "connections":
+            truth, predicted = labels[k].reshape(n, n) > 0.5, logits[k].reshape(n, n) > 0
+            predicted = predicted | predicted.T  # a pair is predicted connected if either ordering says so
+        else:
+            truth, predicted = np.asarray(int(labels[k]) + 1), np.asarray(int(logits[k].argmax()) + 1)
+        path = os.path.join(FLAGS.out, f"{FLAGS.split}_{k:03d}.png")
+        render_physics(features["balls"][k], truth, predicted, frames, path)
+        print(path)
+
+
 @_common.main_wrapper
 def main(argv):
     del argv
@@ -100,8 +174,12 @@ def main(argv):
     from relation_networks.data import sort_of_clevr as soc
 
     config, model, _ = inference.load_keras_predictor(FLAGS.model)
+    if config.task == "physics":
+        task = tasks.get(config.task)
+        task.prepare(config)
+        return _physics(config, model, task)
     if config.task != "sort_of_clevr":
-        raise UserError(f"visualize draws Sort-of-CLEVR models; this one is {config.task!r}.")
+        raise UserError(f"visualize draws Sort-of-CLEVR and physics models; this one is {config.task!r}.")
     task = tasks.get(config.task)
     task.prepare(config)
     per_image = soc.QUESTIONS_PER_IMAGE
