@@ -44,3 +44,17 @@ def atomic_write_text(path, text):
 
 def atomic_write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_markdown_section(path, key, title, text, preamble="# Results\n"):
+    """Replace (or append) the block between `<!-- key:start -->` and `<!-- key:end -->` of a Markdown file."""
+    import re
+
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    current = open(path).read() if os.path.exists(path) else preamble
+    block = f"{start}\n{text}{end}"
+    if start in current:
+        current = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, current, flags=re.S)
+    else:
+        current = current.rstrip("\n") + f"\n\n## {title}\n\n{block}\n"
+    atomic_write_text(path, current)

@@ -95,9 +95,12 @@ def test_visualize_draws_pngs(trained_run, tmp_path):
 
 def test_benchmark_scaling_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    result = run_tool("benchmark", "--skip_throughput", "--sizes", "5,9", "--scaling_repeats", "1", "--out", str(out))
+    result = run_tool("benchmark", "--skip_throughput", "--sizes", "5,9", "--chunk_pairs", "36", "--scaling_repeats", "1",
+                      "--out", str(out), "--results", str(tmp_path / "R.md"))
     assert result.returncode == 0, result.stderr[-3000:]
     with open(out) as f:
         rows = json.load(f)["scaling"]
-    assert [(r["objects"], r["pair_chunk_size"] is None) for r in rows] == [(5, True), (5, False), (9, True), (9, False)]
+    # N=9: also in blocks of 36 // 9 = 4 rows; N=5 (7 rows per block) fits in one block
+    assert [(r["objects"], r["pair_chunk_size"]) for r in rows] == [(5, None), (9, None), (9, 4)]
+    assert "| 9 | 81 | 4 |" in (tmp_path / "R.md").read_text()
     assert all(r["seconds"] > 0 and r["peak_rss_gb"] > 0 for r in rows)

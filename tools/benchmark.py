@@ -30,11 +30,14 @@ flags.DEFINE_integer("repeats", 5, "Timings per variant (the median is reported)
 flags.DEFINE_integer("steps", 10, "Steps per timing.")
 flags.DEFINE_list("sizes", ["25", "64", "100", "256", "400"], "Object counts for the scaling curve.")
 flags.DEFINE_integer("scaling_repeats", 3, "Timings per size (1 for sizes above 100).")
+flags.DEFINE_integer("chunk_pairs", 4096, "Chunked runs process about this many pairs per block.")
 flags.DEFINE_float("memory_budget_gb", 16.0, "Skip unchunked sizes whose activations would exceed this.")
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
 flags.DEFINE_bool("skip_throughput", False, "Only the scaling curve.")
 flags.DEFINE_bool("skip_scaling", False, "Only the throughput table.")
 flags.DEFINE_string("scaling_worker", None, "Internal: 'N,chunk' measured in this process.")
+flags.DEFINE_string("results", None, "Also write the tables into this Markdown file's benchmark section.")
+flags.DEFINE_bool("report_only", False, "Measure nothing: write --results from the JSON at --out.")
 
 G_WIDTH, G_LAYERS, OBJECT_DIM, QUESTION_DIM = 256, 4, 26, 11
 
@@ -144,7 +147,8 @@ def scaling():
     for n in (int(s) for s in FLAGS.sizes):
         # float32 activations kept for the backward pass: ~2 tensors per g layer of [64, N*N, 256]
         estimate_gb = 64 * n * n * G_WIDTH * 4 * 2 * G_LAYERS / 1e9
-        for chunk in (0, max(1, 4096 // n)):
+        chunk_rows = max(1, FLAGS.chunk_pairs // n)
+        for chunk in (0, chunk_rows) if chunk_rows < n else (0,):
             if chunk == 0 and estimate_gb > FLAGS.memory_budget_gb:
                 rows.append({"objects": n, "pair_chunk_size": None, "skipped": f"~{estimate_gb:.0f} GB of activations"})
                 print(f"  N={n:<4} unchunked: skipped (~{estimate_gb:.0f} GB of activations)", flush=True)
@@ -173,7 +177,15 @@ def main(argv):
     from relation_networks.io import atomic_write_json
     from relation_networks.training import hardware
 
+    if FLAGS.report_only:
+        from relation_networks.io import write_markdown_section
+
+        with open(FLAGS.out) as f:
+            write_markdown_section(FLAGS.results, "benchmark", "Throughput and scaling", markdown(json.load(f)))
+        return
+
     result = {"hardware": hardware(), "batch_size": FLAGS.batch_size, "command": " ".join(sys.argv),
+              "config": FLAGS.config, "repeats": FLAGS.repeats, "steps": FLAGS.steps,
               "cpu_affinity": sorted(os.sched_getaffinity(0))}
     if not FLAGS.skip_throughput:
         print(f"Training throughput of {FLAGS.config} (median of {FLAGS.repeats} x {FLAGS.steps} steps):", flush=True)
@@ -183,6 +195,37 @@ def main(argv):
         result["scaling"] = scaling()
     if FLAGS.out:
         atomic_write_json(FLAGS.out, result)
+    if FLAGS.results:
+        from relation_networks.io import write_markdown_section
+
+        write_markdown_section(FLAGS.results, "benchmark", "Throughput and scaling", markdown(result))
+
+
+def markdown(result):
+    """The benchmark's tables as Markdown."""
+    hw = result["hardware"]
+    lines = [f"Hardware: {hw['cpu']}, {hw['cores']} cores (this process pinned to CPU(s) {result['cpu_affinity']}), "
+             f"TensorFlow {hw['tensorflow']}, Keras {hw['keras']}. Command: `{result['command']}`.", ""]
+    if "throughput" in result:
+        lines += [f"Training throughput of `{result.get('config')}` (batch {result['batch_size']}, forward + backward + "
+                  f"Adam; median of {result.get('repeats')} x {result.get('steps')} steps):", "",
+                  "| precision | first layer of g | XLA | questions/s | x slowest |", "|---|---|---|---|---|"]
+        for r in sorted(result["throughput"], key=lambda r: -r["questions_per_second"]):
+            lines.append(f"| {r['precision']} | {r['first_layer']} | {'on' if r['jit_compile'] else 'off'} | "
+                         f"{r['questions_per_second']:.0f} | {r['speedup_vs_slowest']:.2f} |")
+        lines.append("")
+    if "scaling" in result:
+        lines += [f"One RelationModule forward + backward, batch 64, g {G_LAYERS} x {G_WIDTH}, objects of {OBJECT_DIM} "
+                  "dims (peak = the process's max RSS, fresh process per row):", "",
+                  "| objects | pairs | pair chunk (rows) | seconds | peak memory |", "|---|---|---|---|---|"]
+        for r in result["scaling"]:
+            chunk = r.get("pair_chunk_size") or "none"
+            if "seconds" in r:
+                lines.append(f"| {r['objects']} | {r['objects'] ** 2:,} | {chunk} | {r['seconds']:.2f} | {r['peak_rss_gb']:.2f} GB |")
+            else:
+                lines.append(f"| {r['objects']} | {r['objects'] ** 2:,} | {chunk} | {r.get('skipped') or r.get('failed')} | - |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

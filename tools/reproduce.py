@@ -9,7 +9,6 @@ are drawn from their TensorBoard logs into docs/figures/.
 
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ from absl import app, flags
 
 from relation_networks import plots
 from relation_networks.errors import UserError
-from relation_networks.io import atomic_write_text
+from relation_networks.io import write_markdown_section
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("task", None, "Which reproduction: " + ", ".join(sorted(["sort_of_clevr", "babi", "nth_farthest"])))
@@ -29,6 +28,10 @@ flags.DEFINE_multi_string("set", [], "Extra --set overrides passed to every trai
 flags.mark_flag_as_required("task")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PREAMBLE = (
+    "# Results\n\nEvery number below was written by `tools/reproduce.py` (or `tools/benchmark.py`) from the runs' "
+    "`metrics.json` files; each section names the commands, hardware, seeds and training wall time.\n"
+)
 # task -> (split to report, [(label, config, run directory)])
 REPRODUCTIONS = {
     "sort_of_clevr": ("test", [("CNN+RN", "configs/sort_of_clevr.yaml", "runs/sort_of_clevr"),
@@ -81,17 +84,6 @@ def section(task, split, runs):
     )
 
 
-def write_section(path, task, text):
-    start, end = f"<!-- {task}:start -->", f"<!-- {task}:end -->"
-    current = open(path).read() if os.path.exists(path) else "# Results\n\nEvery number below was written by `tools/reproduce.py` from the runs' `metrics.json`.\n"
-    block = f"{start}\n{text}{end}"
-    if start in current:
-        current = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, current, flags=re.S)
-    else:
-        current = current.rstrip("\n") + f"\n\n## {task}\n\n{block}\n"
-    atomic_write_text(path, current)
-
-
 @_common.main_wrapper
 def main(argv):
     del argv
@@ -116,7 +108,8 @@ def main(argv):
             runs.append((label, config, run_dir, json.load(f)))
     if not runs:
         raise UserError(f"No finished runs for {FLAGS.task}; train them with --train.")
-    write_section(os.path.join(ROOT, FLAGS.results), FLAGS.task, section(FLAGS.task, split, runs))
+    write_markdown_section(os.path.join(ROOT, FLAGS.results), FLAGS.task, FLAGS.task, section(FLAGS.task, split, runs),
+                           preamble=PREAMBLE)
     print(f"wrote the {FLAGS.task} section of {FLAGS.results}")
 
 
