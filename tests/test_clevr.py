@@ -137,3 +137,28 @@ def test_missing_directory_is_one_clear_error(tmp_path):
     result = run_tool("train", "--config", "configs/clevr_pixels.yaml", "--set", f"data.dir={tmp_path}/nothing",
                       "--set", f"run_dir={tmp_path}/run")
     assert result.returncode == 2 and "CLEVR" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_tfds_source_is_converted_like_the_official_layout(tmp_path, monkeypatch):
+    """TFDS `clevr` examples (no programs) go through the same preprocessing; categories are unknown (-1)."""
+    names = {"color": clevr.COLORS, "shape": clevr.SHAPES, "material": clevr.MATERIALS, "size": clevr.SIZES}
+    examples = [{
+        "file_name": f"CLEVR_train_{n:06d}.png".encode(),
+        "image": np.full((320, 480, 3), 60 * n, np.uint8),
+        "objects": {"color": np.array([1, 2]), "shape": np.array([0, 1]), "material": np.array([0, 1]),
+                    "size": np.array([0, 1]), "3d_coords": np.zeros((2, 3), np.float32)},
+        "question_answer": {"question": np.array([b"How many cubes are there?", b"Is there a red cube?"]),
+                            "answer": np.array([b"1", b"yes"])},
+    } for n in range(3)]
+    fake = lambda split, data_dir=None: (3, True, (clevr._tfds_record(n, e, names, split) for n, e in enumerate(examples)))
+    monkeypatch.setattr(clevr, "tfds_records", fake)
+    vocab = clevr.build_vocabulary(str(tmp_path), source="tfds")
+    assert vocab["answers"] == ["1", "yes"] and "cubes" in vocab["words"]
+    out = clevr.preprocess(str(tmp_path), "train", str(tmp_path / "pre"), vocab, shards=1, log=lambda *_: None,
+                           source="tfds")
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    assert meta["images"] == 3 and meta["questions"] == 6
+    record = next(iter(tf.data.TFRecordDataset(os.path.join(out, "train-00000-of-00001.tfrecord")).map(
+        lambda r: clevr.parse_example(r, 128, 48))))
+    assert list(record["categories"].numpy()) == [-1, -1]
+    assert record["object_mask"].numpy().sum() == 2 and record["objects"].numpy()[0, 3 + 1] == 1.0  # red

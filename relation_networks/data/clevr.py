@@ -14,11 +14,13 @@ Preprocessing (`preprocess`) streams images one at a time (never the whole split
 a temporary directory that is renamed when complete.
 """
 
+import dataclasses
 import json
 import os
 import re
 import shutil
 import tempfile
+import typing
 
 import numpy as np
 
@@ -81,16 +83,11 @@ def scenes_path(directory, split):
     return os.path.join(directory, "scenes", f"CLEVR_{split}_scenes.json")
 
 
-def build_vocabulary(directory):
-    """Words and answers of the *training* questions: {"words": [PAD, UNK, ...], "answers": [...]}."""
-    path = questions_path(directory, "train")
-    words, answers = set(), set()
-    for i, q in enumerate(load_json(path, "questions")):
-        if "question" not in q or "answer" not in q:
-            raise DataError(f"{path}: question record {i} has no 'question' or 'answer'.")
-        words.update(tokenize(q["question"]))
-        answers.add(str(q["answer"]))
-    return {"words": [PAD, UNK] + sorted(words), "answers": sorted(answers)}
+def build_vocabulary(directory, source="official"):
+    """Words and answers of the *training* questions: {"words": [PAD, UNK, ...], "answers": [...]}.
+    (Images are not decoded for the official layout.)"""
+    _, _, records = official_records(directory, "train") if source == "official" else tfds_records("train", directory)
+    return vocabulary_from_records(records)
 
 
 def object_table(scene, where):
@@ -122,12 +119,20 @@ def _encode_question(tokens, index, length, where, unknown):
     return [0] * (length - len(ids)) + ids
 
 
-def preprocess(directory, split, out_dir, vocab, image_size=128, question_length=48, shards=8, log=print):
-    """Write the split's TFRecord shards into `out_dir` (atomically); return `out_dir`."""
-    import tensorflow as tf
-    from PIL import Image
+@dataclasses.dataclass
+class ImageRecord:
+    """One image and its questions, whichever source it came from."""
 
-    import keras
+    index: int
+    load_image: typing.Callable  # () -> RGB uint8 array (or PIL image); raises DataError when it cannot
+    questions: list  # [(where, text, answer or None, program or None)]
+    objects: typing.Optional[list]  # scene objects as in the official JSON (names, 3d_coords), or None
+    where: str  # for error messages
+
+
+def official_records(directory, split):
+    """`(number of images, has_answers, iterator of ImageRecord)` from the official layout, image by image."""
+    from PIL import Image
 
     qpath = questions_path(directory, split)
     questions = load_json(qpath, "questions")
@@ -136,56 +141,130 @@ def preprocess(directory, split, out_dir, vocab, image_size=128, question_length
     if os.path.isfile(scenes_path(directory, split)):
         for s in load_json(scenes_path(directory, split), "scenes"):
             scenes[s.get("image_index")] = s
-    word_index = {w: i for i, w in enumerate(vocab["words"])}
-    answer_index = {a: i for i, a in enumerate(vocab["answers"])}
     by_image = {}
     for i, q in enumerate(questions):
         where = f"{qpath}, question record {i}"
         for key in ("question", "image_index", "image_filename"):
             if key not in q:
                 raise DataError(f"{where}: missing field {key!r}.")
-        by_image.setdefault(q["image_index"], []).append((i, q))
+        filename, items = by_image.setdefault(q["image_index"], (q["image_filename"], []))
+        items.append((where, q["question"], str(q["answer"]) if "answer" in q else None, q.get("program")))
 
+    def records():
+        for image_index, (filename, items) in sorted(by_image.items()):
+            image_path = os.path.join(directory, "images", split, filename)
+
+            def load(image_path=image_path, where=items[0][0]):
+                try:
+                    with Image.open(image_path) as img:
+                        return np.asarray(img.convert("RGB"))
+                except FileNotFoundError:
+                    raise DataError(f"{where}: image {image_path} not found.") from None
+                except OSError as e:
+                    raise DataError(f"{image_path}: the image does not decode ({e}).") from None
+
+            scene = scenes.get(image_index)
+            yield ImageRecord(image_index, load, items, scene.get("objects", []) if scene else None,
+                              f"{scenes_path(directory, split)}, scene {image_index}")
+
+    return len(by_image), has_answers, records()
+
+
+def tfds_records(split, data_dir=None):
+    """`(number of images, has_answers, iterator of ImageRecord)` from TFDS's `clevr` builder (prepared in
+    `data_dir`). TFDS has no programs, so categories are unknown and only overall accuracy is reported."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("clevr", data_dir=data_dir)
+    tfds_split = {"val": "validation"}.get(split, split)
+    try:
+        ds = builder.as_dataset(split=tfds_split)
+    except Exception as e:  # tfds raises several types when the data is not prepared
+        raise DataError(f"TFDS clevr {tfds_split} is not available in {data_dir}: {e}") from None
+    count = builder.info.splits[tfds_split].num_examples
+    objects = builder.info.features["objects"]
+    names = {k: objects[k].names for k in ("color", "shape", "material", "size")}
+    return count, split != "test", (_tfds_record(n, e, names, split) for n, e in enumerate(tfds.as_numpy(ds)))
+
+
+def _tfds_record(n, example, names, split):
+    where = f"tfds clevr/{split} example {n} ({example['file_name'].decode() if isinstance(example['file_name'], bytes) else example['file_name']})"
+    qa = example["question_answer"]
+    answers = qa.get("answer")
+    questions = [
+        (where, _text(q), _text(answers[k]) if answers is not None and split != "test" else None, None)
+        for k, q in enumerate(qa["question"])
+    ]
+    o = example["objects"]
+    scene = [
+        {"3d_coords": list(map(float, o["3d_coords"][k])),
+         **{key: names[key][int(o[key][k])] for key in ("color", "shape", "material", "size")}}
+        for k in range(len(o["color"]))
+    ]
+    image = example["image"]
+    return ImageRecord(n, lambda image=image: image[..., :3], questions, scene, where)
+
+
+def _text(value):
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def vocabulary_from_records(records):
+    """Words and answers of training `ImageRecord`s: {"words": [PAD, UNK, ...], "answers": [...]}."""
+    words, answers = set(), set()
+    for record in records:
+        for where, text, answer, _ in record.questions:
+            if answer is None:
+                raise DataError(f"{where}: a training question has no answer.")
+            words.update(tokenize(text))
+            answers.add(answer)
+    return {"words": [PAD, UNK] + sorted(words), "answers": sorted(answers)}
+
+
+def preprocess(directory, split, out_dir, vocab, image_size=128, question_length=48, shards=8, log=print,
+               source="official"):
+    """Write the split's TFRecord shards into `out_dir` (atomically); return `out_dir`.
+
+    `source`: "official" (the CLEVR v1.0 layout in `directory`) or "tfds" (TFDS's `clevr`, prepared in
+    `directory`)."""
+    import tensorflow as tf
+    from PIL import Image
+
+    import keras
+
+    count, has_answers, records = official_records(directory, split) if source == "official" else tfds_records(split, directory)
+    word_index = {w: i for i, w in enumerate(vocab["words"])}
+    answer_index = {a: i for i, a in enumerate(vocab["answers"])}
     unknown = set()
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-clevr-", dir=parent)
     try:
         writers = [tf.io.TFRecordWriter(os.path.join(tmp, f"{split}-{k:05d}-of-{shards:05d}.tfrecord")) for k in range(shards)]
-        progress = keras.utils.Progbar(len(by_image), unit_name="image")
+        progress = keras.utils.Progbar(count, unit_name="image")
         counts = {"images": 0, "questions": 0}
-        for n, (image_index, items) in enumerate(sorted(by_image.items())):
-            filename = items[0][1]["image_filename"]
-            image_path = os.path.join(directory, "images", split, filename)
-            try:
-                with Image.open(image_path) as img:
-                    image = img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-            except FileNotFoundError:
-                raise DataError(f"{qpath}, question record {items[0][0]}: image {image_path} not found.") from None
-            except OSError as e:
-                raise DataError(f"{image_path}: the image does not decode ({e}).") from None
+        for n, record in enumerate(records):
+            image = Image.fromarray(np.asarray(record.load_image())).resize((image_size, image_size), Image.BILINEAR)
             png = tf.io.encode_png(np.asarray(image)).numpy()
             tokens, answers, cats = [], [], []
-            for i, q in items:
-                where = f"{qpath}, question record {i}"
-                tokens += _encode_question(tokenize(q["question"]), word_index, question_length, where, unknown)
+            for where, text, answer, program in record.questions:
+                tokens += _encode_question(tokenize(text), word_index, question_length, where, unknown)
                 if has_answers:
-                    answer = str(q["answer"])
                     if answer not in answer_index:
                         raise DataError(f"{where}: answer {answer!r} is not one of the {len(answer_index)} training answers.")
                     answers.append(answer_index[answer])
-                    c = category(q.get("program"))
+                    c = category(program)
                     cats.append(CATEGORIES.index(c) if c else -1)
                 else:
                     answers.append(-1)
                     cats.append(-1)
-            if image_index in scenes:
-                table, mask = object_table(scenes[image_index], f"{scenes_path(directory, split)}, scene {image_index}")
+            if record.objects is not None:
+                table, mask = object_table({"objects": record.objects}, record.where)
             else:
                 table, mask = np.zeros((MAX_OBJECTS, OBJECT_DIM), np.float32), np.zeros(MAX_OBJECTS, np.float32)
             feature = {
                 "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
-                "image_index": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(image_index)])),
+                "image_index": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(record.index)])),
                 "questions": tf.train.Feature(int64_list=tf.train.Int64List(value=tokens)),
                 "answers": tf.train.Feature(int64_list=tf.train.Int64List(value=answers)),
                 "categories": tf.train.Feature(int64_list=tf.train.Int64List(value=cats)),
@@ -194,7 +273,7 @@ def preprocess(directory, split, out_dir, vocab, image_size=128, question_length
             }
             writers[n % shards].write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
             counts["images"] += 1
-            counts["questions"] += len(items)
+            counts["questions"] += len(record.questions)
             progress.update(n + 1)
         for w in writers:
             w.close()

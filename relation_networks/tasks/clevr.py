@@ -32,7 +32,8 @@ PAPER_STATE = {"accuracy": 0.964}
 
 @dataclasses.dataclass
 class ClevrData:
-    dir: str = "data/CLEVR_v1.0"
+    dir: str = "data/CLEVR_v1.0"  # official layout; with source=tfds, the TFDS data_dir holding a prepared `clevr`
+    source: str = choice("official", ("official", "tfds"))  # tfds has no programs: overall accuracy only
     preprocessed_dir: typing.Optional[str] = None  # default: <dir>_preprocessed_<image_size>
     image_size: int = 128
     question_length: int = 48
@@ -115,7 +116,7 @@ class Clevr(Task):
 
     def _preprocessed(self, config, split):
         d = config.data
-        root = d.preprocessed_dir or f"{d.dir.rstrip('/')}_preprocessed_{d.image_size}"
+        root = d.preprocessed_dir or f"{d.dir.rstrip('/')}_preprocessed_{d.source}_{d.image_size}"
         return os.path.join(root, split)
 
     def vocabulary(self, config):
@@ -123,7 +124,7 @@ class Clevr(Task):
         if os.path.isfile(path):
             with open(path) as f:
                 return json.load(f)
-        vocab = clevr.build_vocabulary(config.data.dir)
+        vocab = clevr.build_vocabulary(config.data.dir, config.data.source)
         if config.run_dir:
             atomic_write_json(path, vocab)
         return vocab
@@ -136,7 +137,8 @@ class Clevr(Task):
             if not os.path.isdir(d.dir):
                 raise DataError(f"CLEVR directory not found: {d.dir} (set data.dir to your CLEVR_v1.0 directory).")
             log(f"Preprocessing CLEVR {split} into {out} (one-time) ...")
-            clevr.preprocess(d.dir, split, out, self.vocabulary(config), d.image_size, d.question_length, d.shards, log=log)
+            clevr.preprocess(d.dir, split, out, self.vocabulary(config), d.image_size, d.question_length, d.shards,
+                             log=log, source=d.source)
         with open(meta) as f:
             return json.load(f)
 
