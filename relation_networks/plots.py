@@ -70,7 +70,7 @@ def learning_curve(run_dir, path, metrics_history, title):
     series = {}
     train = read_scalars(os.path.join(run_dir, "logs", "train")).get("accuracy")
     if train:
-        series["train accuracy"] = train
+        series["train acc. (epoch mean)"] = train
     for name in ("accuracy", "relational", "non_relational"):
         points = [(e["step"], e["val"][name]) for e in metrics_history if name in e.get("val", {})]
         if points:

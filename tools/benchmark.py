@@ -181,7 +181,7 @@ def main(argv):
         from relation_networks.io import write_markdown_section
 
         with open(FLAGS.out) as f:
-            write_markdown_section(FLAGS.results, "benchmark", "Throughput and scaling", markdown(json.load(f)))
+            _write_section(json.load(f))
         return
 
     result = {"hardware": hardware(), "batch_size": FLAGS.batch_size, "command": " ".join(sys.argv),
@@ -196,9 +196,16 @@ def main(argv):
     if FLAGS.out:
         atomic_write_json(FLAGS.out, result)
     if FLAGS.results:
-        from relation_networks.io import write_markdown_section
+        _write_section(result)
 
-        write_markdown_section(FLAGS.results, "benchmark", "Throughput and scaling", markdown(result))
+
+def _write_section(result):
+    from relation_networks.io import write_markdown_section
+
+    parts = [p for p in ("throughput", "scaling") if p in result]
+    title = {"throughput": "Training throughput", "scaling": "Scaling with the number of objects"}
+    write_markdown_section(FLAGS.results, "benchmark_" + "_".join(parts), " and ".join(title[p] for p in parts),
+                           markdown(result))
 
 
 def markdown(result):
