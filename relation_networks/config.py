@@ -142,8 +142,6 @@ def parse_override(text):
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({e}).") from None
-    if isinstance(parsed, str) and _looks_float(parsed):
-        parsed = float(parsed)  # PyYAML reads 1e-4 (no dot) as a string
     return [k for k in key.strip().split(".") if k], parsed
 
 

@@ -64,12 +64,12 @@ def throughput(config_path):
     from relation_networks import tasks
 
     results = []
+    config = config_lib.load(config_path)
+    task = tasks.get(config.task)
     for precision in ("float32", "mixed_bfloat16"):
         for factorized in (False, True):
             for jit in (False, True):
-                config = config_lib.load(config_path, [f"model.factorized={str(factorized).lower()}"]
-                                         if hasattr(config_lib.load(config_path).model, "factorized") else [])
-                task = tasks.get(config.task)
+                config.model.factorized = factorized
                 keras.config.set_dtype_policy(precision)
                 keras.utils.set_random_seed(0)
                 model = task.build_model(config)
