@@ -222,22 +222,29 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
     metrics_path = os.path.join(config.run_dir, METRICS_FILE)
     history = _load_history(metrics_path, step // steps_per_epoch) if is_chief else []
 
+    group = task.training_group_size(config)
+    if (global_batch // replicas) % group:
+        raise UserError(
+            f"The batch per replica ({global_batch // replicas}) must be a multiple of the {group} examples the "
+            f"{task.name} task groups per training element."
+        )
+
     def dataset_fn(epoch, skip):
         def make(input_context):
-            per_replica = input_context.get_per_replica_batch_size(global_batch)
-            ds = task.dataset(
-                config, "train", training=True, shuffle=train_cfg.shuffle, seed=config.seed * 100_003 + epoch,
-                input_context=input_context,
-            )
+            per_replica = input_context.get_per_replica_batch_size(global_batch) // group
+            ds = task.training_dataset(config, seed=config.seed * 100_003 + epoch, input_context=input_context)
             ds = ds.batch(per_replica, drop_remainder=True).take(steps_per_epoch).skip(skip)
             return ds.prefetch(tf.data.AUTOTUNE)
 
         return make
 
+    forward = task.training_forward(config, model)
+
     def replica_step(features, labels):
         with tf.GradientTape() as tape:
-            logits = model(features, training=True)
-            loss = tf.nn.compute_average_loss(task.loss(config, labels, logits), global_batch_size=global_batch)
+            logits = forward(features, training=True)
+            per_example = tf.reshape(task.loss(config, labels, logits), [-1])  # grouped elements: [batch, group]
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
         grads = tape.gradient(loss, model.trainable_variables)

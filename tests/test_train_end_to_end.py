@@ -104,3 +104,13 @@ def test_benchmark_scaling_smoke(tmp_path):
     assert [(r["objects"], r["pair_chunk_size"]) for r in rows] == [(5, None), (9, None), (9, 4)]
     assert "| 9 | 81 | 4 |" in (tmp_path / "R.md").read_text()
     assert all(r["seconds"] > 0 and r["peak_rss_gb"] > 0 for r in rows)
+
+
+def test_batch_must_hold_whole_question_groups(tmp_path):
+    args = ["--config", "configs/sort_of_clevr.yaml"]
+    for o in tiny_sort_of_clevr_overrides(str(tmp_path / "data"), str(tmp_path / "run")) + ["train.batch_size=30"]:
+        args += ["--set", o]
+    result = run_tool("train", *args)
+    assert result.returncode == 2
+    assert "must be a multiple of the 4 examples" in result.stderr
+    assert "Traceback" not in result.stderr

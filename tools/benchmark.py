@@ -142,28 +142,51 @@ def scaling_worker(n, chunk):
                       "peak_rss_gb": peak_kb / 1e6, "repeats": repeats}))
 
 
-def scaling():
+def _failure(done):
+    """A one-line reason for a failed worker: the last line that is not TensorFlow's C++ logging, or the signal."""
+    if done.returncode < 0:
+        import signal
+
+        name = signal.Signals(-done.returncode).name
+        hint = " (killed: out of memory?)" if name == "SIGKILL" else ""
+        return f"{name}{hint}"
+    python_lines = [line for line in done.stderr.splitlines() if line.strip() and not _is_tf_log(line)]
+    return (python_lines or [f"exit status {done.returncode}"])[-1].strip()
+
+
+def _is_tf_log(line):
+    """TensorFlow/absl C++ log lines look like `I0000 00:00:...` or `W1122 06:51:58...`."""
+    return (len(line) > 5 and line[0] in "IWEF" and line[1:5].isdigit()) or line.startswith("WARNING: All log messages")
+
+
+def scaling(on_row=lambda rows: None):
+    """The scaling rows; `on_row(rows)` is called after every row so partial results survive an interruption."""
     rows = []
+
+    def add(row, text):
+        rows.append(row)
+        print(f"  N={row['objects']:<4} {text}", flush=True)
+        on_row(rows)
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     for n in (int(s) for s in FLAGS.sizes):
         # float32 activations kept for the backward pass: ~2 tensors per g layer of [64, N*N, 256]
         estimate_gb = 64 * n * n * G_WIDTH * 4 * 2 * G_LAYERS / 1e9
         chunk_rows = max(1, FLAGS.chunk_pairs // n)
         for chunk in (0, chunk_rows) if chunk_rows < n else (0,):
             if chunk == 0 and estimate_gb > FLAGS.memory_budget_gb:
-                rows.append({"objects": n, "pair_chunk_size": None, "skipped": f"~{estimate_gb:.0f} GB of activations"})
-                print(f"  N={n:<4} unchunked: skipped (~{estimate_gb:.0f} GB of activations)", flush=True)
+                add({"objects": n, "pair_chunk_size": None, "skipped": f"~{estimate_gb:.0f} GB of activations"},
+                    f"unchunked: skipped (~{estimate_gb:.0f} GB of activations)")
                 continue
             command = [sys.executable, os.path.abspath(__file__), f"--scaling_worker={n},{chunk}",
                        f"--scaling_repeats={FLAGS.scaling_repeats}"]
-            done = subprocess.run(command, capture_output=True, text=True)
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
             if done.returncode != 0:
-                rows.append({"objects": n, "pair_chunk_size": chunk or None, "failed": done.stderr.strip().splitlines()[-1:]})
-                print(f"  N={n:<4} chunk={chunk}: FAILED {rows[-1]['failed']}", flush=True)
+                reason = _failure(done)
+                add({"objects": n, "pair_chunk_size": chunk or None, "failed": reason}, f"chunk={chunk}: FAILED: {reason}")
                 continue
             row = json.loads(done.stdout.strip().splitlines()[-1])
-            rows.append(row)
-            print(f"  N={n:<4} chunk={str(chunk or '-'):<5} {row['seconds']:8.3f} s  peak RSS {row['peak_rss_gb']:.2f} GB",
-                  flush=True)
+            add(row, f"chunk={str(chunk or '-'):<5} {row['seconds']:8.3f} s  peak RSS {row['peak_rss_gb']:.2f} GB")
     return rows
 
 
@@ -192,7 +215,12 @@ def main(argv):
         result["throughput"] = throughput(FLAGS.config)
     if not FLAGS.skip_scaling:
         print(f"RelationModule forward+backward, batch 64, g {G_LAYERS} x {G_WIDTH}:", flush=True)
-        result["scaling"] = scaling()
+
+        def save_partial(rows):
+            if FLAGS.out:
+                atomic_write_json(FLAGS.out, dict(result, scaling=rows, partial=True))
+
+        result["scaling"] = scaling(save_partial)
     if FLAGS.out:
         atomic_write_json(FLAGS.out, result)
     if FLAGS.results:

@@ -34,6 +34,25 @@ class Task:
         disjoint and each holds at least `num_examples // num_input_pipelines` examples."""
         raise NotImplementedError
 
+    def training_dataset(self, config, *, seed=0, input_context=None):
+        """The dataset the trainer batches: by default `dataset(config, "train", training=True, ...)`.
+
+        A task may group examples that share work (e.g. several questions about one image, so the image is
+        encoded once): each element then holds `training_group_size(config)` examples, with features and labels
+        carrying that many rows on their first axis, and `training_forward` must accept such batches."""
+        return self.dataset(
+            config, "train", training=True, shuffle=config.train.shuffle, seed=seed, input_context=input_context
+        )
+
+    def training_group_size(self, config):
+        """Examples per element of `training_dataset` (1: one example per element)."""
+        return 1
+
+    def training_forward(self, config, model):
+        """`fn(features, training) -> logits` for a batch of `training_dataset` elements (default: `model`).
+        Must use only `model`'s layers, so training updates the model that is evaluated and exported."""
+        return lambda features, training: model(features, training=training)
+
     # -- model ---------------------------------------------------------------------------------------------------
 
     def build_model(self, config):

@@ -9,12 +9,11 @@ import keras
 import tensorflow as tf
 
 from relation_networks import tasks
-from relation_networks.config import choice
+from relation_networks.config import ConfigError, choice
 from relation_networks.data import sort_of_clevr as soc
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy, mean_of_groups
 from relation_networks.layers import ConvObjectExtractor, RelationModule
-from relation_networks.models import logits_model, mlp
 from relation_networks.tasks.base import Task
 
 SPLITS = ("train", "val", "test")
@@ -30,6 +29,10 @@ class SortOfClevrData:
     test_images: int = 2000
     min_distance_gap: float = 1.0  # closest/furthest must win by this many pixels (no ties)
     question_shuffle_buffer: int = 4000  # questions are shuffled within this window after shuffling images
+    # Training only: questions about one image that go into a batch together, so the CNN encodes the image once
+    # for all of them (a batch of 64 = 16 images x 4 questions). 1 = every question with its own copy of the
+    # image, as in the paper. Must divide 20 and the batch per replica. Evaluation is always per question.
+    group_questions: int = 4
 
 
 @dataclasses.dataclass
@@ -48,21 +51,21 @@ class SortOfClevrModel:
     synchronized_bn: bool = False
 
 
-def build_model(model_config, name="sort_of_clevr"):
-    """CNN+RN or CNN+MLP: inputs `image` uint8 `[B, 75, 75, 3]` and `question` float32 `[B, 11]`,
-    output float32 answer logits `[B, len(ANSWERS)]`."""
-    image = keras.Input((soc.IMAGE_SIZE, soc.IMAGE_SIZE, 3), dtype="uint8", name="image")
-    question = keras.Input((soc.QUESTION_DIM,), dtype="float32", name="question")
-    pixels = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(image)
-    cnn = ConvObjectExtractor(
-        model_config.conv_filters,
-        bn_momentum=model_config.bn_momentum,
-        synchronized_bn=model_config.synchronized_bn,
-        output_mode="objects" if model_config.type == "rn" else "feature_map",
-        name="cnn",
-    )
+def _layers(model_config):
+    """The model's layers by name (built by `build_model`, fetched back by `training_forward`)."""
+    layers = {
+        "rescale": keras.layers.Rescaling(1.0 / 255.0, name="rescale"),
+        "cnn": ConvObjectExtractor(
+            model_config.conv_filters,
+            bn_momentum=model_config.bn_momentum,
+            synchronized_bn=model_config.synchronized_bn,
+            output_mode="objects" if model_config.type == "rn" else "feature_map",
+            name="cnn",
+        ),
+        "logits": keras.layers.Activation("linear", dtype="float32", name="logits"),
+    }
     if model_config.type == "rn":
-        logits = RelationModule(
+        layers["relation_module"] = RelationModule(
             model_config.g_units,
             list(model_config.f_units) + [len(soc.ANSWERS)],
             dropout=model_config.dropout,
@@ -70,16 +73,43 @@ def build_model(model_config, name="sort_of_clevr"):
             factorized=model_config.factorized,
             pair_chunk_size=model_config.pair_chunk_size,
             name="relation_module",
-        )(cnn(pixels), question=question)
-    else:
-        h = keras.layers.Concatenate(name="image_and_question")(
-            [keras.layers.Flatten(name="flatten")(cnn(pixels)), question]
         )
-        h = mlp(h, list(model_config.g_units) + list(model_config.f_units), "mlp")
+    else:
+        layers["flatten"] = keras.layers.Flatten(name="flatten")
+        layers["image_and_question"] = keras.layers.Concatenate(name="image_and_question")
+        units = list(model_config.g_units) + list(model_config.f_units)
+        for k, width in enumerate(units):
+            layers[f"mlp_{k}"] = keras.layers.Dense(width, activation="relu", name=f"mlp_{k}")
+        layers["mlp_dropout"] = keras.layers.Dropout(model_config.dropout, name="mlp_dropout")
+        layers["mlp_logits"] = keras.layers.Dense(len(soc.ANSWERS), name="mlp_logits")
+    return layers
+
+
+def _logits(layers, model_config, image, question, training=None, questions_per_image=1):
+    """Answer logits for uint8 `image` `[B, 75, 75, 3]` and `question` `[B * questions_per_image, 11]`: the CNN
+    runs once per image and its output is repeated for that image's consecutive questions."""
+    features = layers["cnn"](layers["rescale"](image), training=training)
+    if questions_per_image > 1:
+        features = keras.ops.repeat(features, questions_per_image, axis=0)
+    if model_config.type == "rn":
+        logits = layers["relation_module"](features, question=question, training=training)
+    else:
+        h = layers["image_and_question"]([layers["flatten"](features), question])
+        for k in range(len(model_config.g_units) + len(model_config.f_units)):
+            h = layers[f"mlp_{k}"](h)
         if model_config.dropout:
-            h = keras.layers.Dropout(model_config.dropout, name="mlp_dropout")(h)
-        logits = keras.layers.Dense(len(soc.ANSWERS), name="mlp_logits")(h)
-    return logits_model({"image": image, "question": question}, logits, f"{name}_{model_config.type}")
+            h = layers["mlp_dropout"](h, training=training)
+        logits = layers["mlp_logits"](h)
+    return layers["logits"](logits)
+
+
+def build_model(model_config, name="sort_of_clevr"):
+    """CNN+RN or CNN+MLP: inputs `image` uint8 `[B, 75, 75, 3]` and `question` float32 `[B, 11]`,
+    output float32 answer logits `[B, len(ANSWERS)]`."""
+    image = keras.Input((soc.IMAGE_SIZE, soc.IMAGE_SIZE, 3), dtype="uint8", name="image")
+    question = keras.Input((soc.QUESTION_DIM,), dtype="float32", name="question")
+    logits = _logits(_layers(model_config), model_config, image, question)
+    return keras.Model({"image": image, "question": question}, logits, name=f"{name}_{model_config.type}")
 
 
 @tasks.register
@@ -118,11 +148,22 @@ class SortOfClevr(Task):
             raise DataError(f"Unknown Sort-of-CLEVR split {split!r}; expected one of {', '.join(SPLITS)}.")
         return split
 
-    def dataset(self, config, split, *, training=False, shuffle=None, seed=0, input_context=None):
+    def _images(self, config, split):
         self._manifest(config)
-        shuffle = training if shuffle is None else shuffle
         path = os.path.join(self._directory(config.data), f"{self._check_split(split)}.tfrecord")
-        images = tf.data.TFRecordDataset(path).map(soc.parse_example, num_parallel_calls=tf.data.AUTOTUNE).cache()
+        return tf.data.TFRecordDataset(path).map(soc.parse_example, num_parallel_calls=tf.data.AUTOTUNE).cache()
+
+    @staticmethod
+    def _shard(examples, input_context):
+        # Shard after the (identically seeded) shuffle: every worker gets a disjoint, equally sized share of each
+        # epoch whatever the number of images.
+        if input_context is not None and input_context.num_input_pipelines > 1:
+            examples = examples.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        return examples
+
+    def dataset(self, config, split, *, training=False, shuffle=None, seed=0, input_context=None):
+        shuffle = training if shuffle is None else shuffle
+        images = self._images(config, split)
         if shuffle:
             images = images.shuffle(100_000, seed=seed, reshuffle_each_iteration=False)
 
@@ -134,11 +175,54 @@ class SortOfClevr(Task):
         examples = images.flat_map(questions_of)
         if shuffle:
             examples = examples.shuffle(config.data.question_shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=False)
-        # Shard after the (identically seeded) shuffle, per question: every worker gets a disjoint, equally sized
-        # share of each epoch whatever the number of images.
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            examples = examples.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        return examples
+        return self._shard(examples, input_context)
+
+    def training_group_size(self, config):
+        k = config.data.group_questions
+        if k < 1 or soc.QUESTIONS_PER_IMAGE % k:
+            raise ConfigError(
+                f"data.group_questions must divide the {soc.QUESTIONS_PER_IMAGE} questions per image, got {k}."
+            )
+        return k
+
+    def training_dataset(self, config, *, seed=0, input_context=None):
+        k = self.training_group_size(config)
+        shuffle = config.train.shuffle
+        if k == 1:
+            return self.dataset(config, "train", training=True, shuffle=shuffle, seed=seed, input_context=input_context)
+        images = self._images(config, "train").enumerate()
+        if shuffle:
+            images = images.shuffle(100_000, seed=seed, reshuffle_each_iteration=False)
+
+        def groups_of(index, record):
+            order = tf.range(soc.QUESTIONS_PER_IMAGE)
+            if shuffle:  # a fresh split of this image's questions into groups every epoch
+                noise = tf.random.stateless_uniform([soc.QUESTIONS_PER_IMAGE], seed=tf.stack([tf.cast(seed, tf.int64), index]))
+                order = tf.argsort(noise)
+            groups = soc.QUESTIONS_PER_IMAGE // k
+            questions = tf.reshape(tf.gather(record["questions"], order), (groups, k, soc.QUESTION_DIM))
+            answers = tf.reshape(tf.cast(tf.gather(record["answers"], order), tf.int32), (groups, k))
+            features = {"image": tf.repeat(record["image"][None], groups, axis=0), "question": questions}
+            return tf.data.Dataset.from_tensor_slices((features, answers))
+
+        examples = images.flat_map(groups_of)
+        if shuffle:
+            buffer = max(1, config.data.question_shuffle_buffer // k)
+            examples = examples.shuffle(buffer, seed=seed + 1, reshuffle_each_iteration=False)
+        return self._shard(examples, input_context)
+
+    def training_forward(self, config, model):
+        k = self.training_group_size(config)
+        if k == 1:
+            return super().training_forward(config, model)
+        layers = {layer.name: layer for layer in model.layers}
+
+        def forward(features, training):
+            questions = tf.reshape(features["question"], (-1, soc.QUESTION_DIM))
+            logits = _logits(layers, config.model, features["image"], questions, training, questions_per_image=k)
+            return tf.reshape(logits, (-1, k, len(soc.ANSWERS)))
+
+        return forward
 
     def build_model(self, config):
         return build_model(config.model)

@@ -1,0 +1,88 @@
+"""Sort-of-CLEVR training groups: several questions per image share one CNN pass, and nothing else changes."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from relation_networks import config as config_lib
+from relation_networks import tasks
+from relation_networks.config import ConfigError
+from relation_networks.data import sort_of_clevr as soc
+
+TASK = tasks.get("sort_of_clevr")
+
+
+def _config(data_dir, *overrides):
+    small = [
+        f"data.dir={data_dir}", "data.train_images=12", "data.val_images=2", "data.test_images=2",
+        "model.conv_filters=[4,4,4,4]", "model.g_units=[8,8]", "model.f_units=[8]", *overrides,
+    ]
+    config = config_lib.load("configs/sort_of_clevr.yaml", small)
+    TASK.prepare(config, log=lambda *a: None)
+    return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("soc_groups"))
+
+
+def _pairs(dataset):
+    """Every (image bytes, question bytes, answer) in a dataset of groups, as a sorted list."""
+    out = []
+    for features, answers in dataset:
+        image = features["image"].numpy().tobytes()
+        for q, a in zip(features["question"].numpy(), answers.numpy()):
+            out.append((image, q.tobytes(), int(a)))
+    return sorted(out)
+
+
+def test_one_epoch_of_groups_holds_every_question_once(data_dir):
+    config = _config(data_dir)
+    per_question = [
+        (f["image"].numpy().tobytes(), f["question"].numpy().tobytes(), int(a))
+        for f, a in TASK.dataset(config, "train", shuffle=False)
+    ]
+    groups = TASK.training_dataset(config, seed=7)
+    first = next(iter(groups))
+    assert first[0]["image"].shape == (75, 75, 3) and first[0]["question"].shape == (4, 11)
+    assert first[1].shape == (4,)
+    assert _pairs(groups) == sorted(per_question)  # same questions, same answers, each exactly once
+
+
+def test_groups_are_redrawn_each_epoch_and_deterministic(data_dir):
+    config = _config(data_dir)
+
+    def grouping(seed):
+        return [f["question"].numpy().tobytes() for f, _ in TASK.training_dataset(config, seed=seed)]
+
+    assert grouping(1) == grouping(1)
+    assert grouping(1) != grouping(2)
+
+
+@pytest.mark.parametrize("model_type", ["rn", "mlp"])
+def test_grouped_forward_equals_the_per_question_model(data_dir, model_type):
+    config = _config(data_dir, f"model.type={model_type}", "data.group_questions=5")
+    model = TASK.build_model(config)
+    forward = TASK.training_forward(config, model)
+    features, labels = next(iter(TASK.training_dataset(config, seed=0).batch(3)))
+    grouped = forward(features, training=False).numpy()
+    assert grouped.shape == (3, 5, len(soc.ANSWERS)) and labels.shape == (3, 5)
+    one_by_one = model(
+        {"image": tf.repeat(features["image"], 5, axis=0), "question": tf.reshape(features["question"], (-1, 11))},
+        training=False,
+    ).numpy()
+    np.testing.assert_allclose(grouped.reshape(15, -1), one_by_one, rtol=1e-5, atol=1e-5)
+
+
+def test_group_size_one_is_the_plain_dataset(data_dir):
+    config = _config(data_dir, "data.group_questions=1")
+    features, label = next(iter(TASK.training_dataset(config, seed=0)))
+    assert features["question"].shape == (11,) and label.shape == ()
+
+
+@pytest.mark.parametrize("size", [0, 3, 40])
+def test_group_size_must_divide_the_questions(data_dir, size):
+    config = _config(data_dir, f"data.group_questions={size}")
+    with pytest.raises(ConfigError, match="group_questions must divide the 20 questions"):
+        TASK.training_dataset(config)
