@@ -114,3 +114,18 @@ def test_batch_must_hold_whole_question_groups(tmp_path):
     assert result.returncode == 2
     assert "must be a multiple of the 4 examples" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_benchmark_throughput_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["--skip_scaling", "--repeats", "1", "--steps", "1", "--batch_size", "8", "--out", str(out)]
+    for o in tiny_sort_of_clevr_overrides(str(tmp_path / "data")):
+        args += ["--set", o]
+    result = run_tool("benchmark", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out) as f:
+        rows = json.load(f)["throughput"]
+    variants = {(r["precision"], r["first_layer"], r["jit_compile"], r["questions_per_image"]) for r in rows}
+    assert len(variants) == len(rows) == 16
+    assert all(r["questions_per_second"] > 0 for r in rows)
+    assert min(r["speedup_vs_slowest"] for r in rows) == 1.0

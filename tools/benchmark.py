@@ -2,9 +2,9 @@
 
     python tools/benchmark.py --config configs/sort_of_clevr.yaml --out docs/benchmark.json
 
-1. Training throughput (questions/s, forward + backward + Adam update) of the config's model for every
-   combination of: naive vs factorized first layer of g, float32 vs mixed bfloat16, with and without XLA
-   (`jit_compile`). Median over `--repeats` timings of `--steps` steps each, and the ratio to the slowest
+1. Training throughput (questions/s, forward + backward + Adam update, on a real training batch) of the config's
+   model for every combination of: naive vs factorized first layer of g, float32 vs mixed bfloat16, with and
+   without XLA (`jit_compile`), and one question per CNN pass vs the config's `data.group_questions`. Median over `--repeats` timings of `--steps` steps each, and the ratio to the slowest
    variant measured in the same run.
 2. Scaling: time and peak memory (process max RSS, each size in a fresh process) of one RelationModule
    forward + backward at batch 64, g 4 x 256, as the number of objects grows, with and without pair chunking
@@ -25,6 +25,7 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "configs/sort_of_clevr.yaml", "Model whose training throughput is measured.")
+flags.DEFINE_multi_string("set", [], "Config overrides, as for tools/train.py.")
 flags.DEFINE_integer("batch_size", 64, "Batch size (questions per step).")
 flags.DEFINE_integer("repeats", 5, "Timings per variant (the median is reported).")
 flags.DEFINE_integer("steps", 10, "Steps per timing.")
@@ -57,52 +58,50 @@ def _median_rate(step, batch, repeats, steps):
 
 def throughput(config_path):
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from relation_networks import config as config_lib
     from relation_networks import tasks
 
     results = []
-    config = config_lib.load(config_path)
+    config = config_lib.load(config_path, FLAGS.set)
     task = tasks.get(config.task)
-    for precision in ("float32", "mixed_bfloat16"):
-        for factorized in (False, True):
-            for jit in (False, True):
-                config.model.factorized = factorized
-                keras.config.set_dtype_policy(precision)
-                keras.utils.set_random_seed(0)
-                model = task.build_model(config)
-                keras.config.set_dtype_policy("float32")
-                optimizer = keras.optimizers.Adam(1e-4)
-                rng = np.random.default_rng(0)
-                features = {}
-                for tensor in model.inputs:
-                    name, shape = tensor.name.split(":")[0], (FLAGS.batch_size,) + tuple(tensor.shape[1:])
-                    if "int" in str(tensor.dtype):
-                        features[name] = tf.constant(rng.integers(0, 2, size=shape), dtype=tensor.dtype)
-                    else:
-                        features[name] = tf.constant(rng.uniform(size=shape), dtype=tensor.dtype)
-                labels = tf.zeros((FLAGS.batch_size,), tf.int32)
+    task.prepare(config)
+    default_group = task.training_group_size(config)
+    for group in sorted({1, default_group}):
+        config.data.group_questions = group
+        features, labels = next(iter(task.training_dataset(config, seed=0).batch(FLAGS.batch_size // group)))
+        for precision in ("float32", "mixed_bfloat16"):
+            for factorized in (False, True):
+                for jit in (False, True):
+                    config.model.factorized = factorized
+                    keras.config.set_dtype_policy(precision)
+                    keras.utils.set_random_seed(0)
+                    model = task.build_model(config)
+                    keras.config.set_dtype_policy("float32")
+                    forward = task.training_forward(config, model)
+                    optimizer = keras.optimizers.Adam(1e-4)
 
-                def grads(features, labels):
-                    with tf.GradientTape() as tape:
-                        loss = tf.reduce_mean(task.loss(config, labels, model(features, training=True)))
-                    return loss, tape.gradient(loss, model.trainable_variables)
+                    def grads(features, labels):
+                        with tf.GradientTape() as tape:
+                            loss = tf.reduce_mean(task.loss(config, labels, forward(features, training=True)))
+                        return loss, tape.gradient(loss, model.trainable_variables)
 
-                grads_fn = tf.function(grads, jit_compile=jit)
+                    grads_fn = tf.function(grads, jit_compile=jit)
 
-                @tf.function
-                def step():
-                    loss, g = grads_fn(features, labels)
-                    optimizer.apply_gradients(zip(g, model.trainable_variables))
-                    return loss
+                    @tf.function
+                    def step():
+                        loss, g = grads_fn(features, labels)
+                        optimizer.apply_gradients(zip(g, model.trainable_variables))
+                        return loss
 
-                rate, rates = _median_rate(step, FLAGS.batch_size, FLAGS.repeats, FLAGS.steps)
-                row = {"precision": precision, "first_layer": "factorized" if factorized else "naive",
-                       "jit_compile": jit, "questions_per_second": rate, "all": rates}
-                results.append(row)
-                print(f"  {precision:<15} {row['first_layer']:<11} jit={str(jit):<5} {rate:8.1f} q/s", flush=True)
+                    rate, rates = _median_rate(step, FLAGS.batch_size, FLAGS.repeats, FLAGS.steps)
+                    row = {"precision": precision, "first_layer": "factorized" if factorized else "naive",
+                           "jit_compile": jit, "questions_per_image": group, "questions_per_second": rate,
+                           "all": rates}
+                    results.append(row)
+                    print(f"  {precision:<15} {row['first_layer']:<11} jit={str(jit):<5} questions/image={group:<3} "
+                          f"{rate:8.1f} q/s", flush=True)
     slowest = min(r["questions_per_second"] for r in results)
     for r in results:
         r["speedup_vs_slowest"] = r["questions_per_second"] / slowest
@@ -244,10 +243,12 @@ def markdown(result):
     if "throughput" in result:
         lines += [f"Training throughput of `{result.get('config')}` (batch {result['batch_size']}, forward + backward + "
                   f"Adam; median of {result.get('repeats')} x {result.get('steps')} steps):", "",
-                  "| precision | first layer of g | XLA | questions/s | x slowest |", "|---|---|---|---|---|"]
+                  "| precision | first layer of g | XLA | questions per CNN pass | questions/s | x slowest |",
+                  "|---|---|---|---|---|---|"]
         for r in sorted(result["throughput"], key=lambda r: -r["questions_per_second"]):
             lines.append(f"| {r['precision']} | {r['first_layer']} | {'on' if r['jit_compile'] else 'off'} | "
-                         f"{r['questions_per_second']:.0f} | {r['speedup_vs_slowest']:.2f} |")
+                         f"{r.get('questions_per_image', 1)} | {r['questions_per_second']:.0f} | "
+                         f"{r['speedup_vs_slowest']:.2f} |")
         lines.append("")
     if "scaling" in result:
         lines += [f"One RelationModule forward + backward, batch 64, g {G_LAYERS} x {G_WIDTH}, objects of {OBJECT_DIM} "

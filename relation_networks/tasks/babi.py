@@ -137,8 +137,7 @@ class Babi(Task):
             ds = ds.filter(lambda features, answer: answer >= 0)
         if training if shuffle is None else shuffle:
             ds = ds.shuffle(len(arrays["answer"]), seed=seed, reshuffle_each_iteration=False)
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        ds = self.shard(ds, input_context)
         return ds
 
     def build_model(self, config):

@@ -34,6 +34,16 @@ class Task:
         disjoint and each holds at least `num_examples // num_input_pipelines` examples."""
         raise NotImplementedError
 
+    @staticmethod
+    def shard(dataset, input_context):
+        """This input pipeline's share of `dataset` (all of it without an `input_context` or with one pipeline).
+
+        Call it after an identically seeded shuffle: the shards of the pipelines are then disjoint and equal in
+        size (to one element) whatever the data set's size."""
+        if input_context is not None and input_context.num_input_pipelines > 1:
+            return dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        return dataset
+
     def training_dataset(self, config, *, seed=0, input_context=None):
         """The dataset the trainer batches: by default `dataset(config, "train", training=True, ...)`.
 

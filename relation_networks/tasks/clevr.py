@@ -182,8 +182,7 @@ class Clevr(Task):
         examples = images.flat_map(questions_of)
         if shuffle:
             examples = examples.shuffle(d.question_shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=False)
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            examples = examples.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        examples = self.shard(examples, input_context)
         if training and d.augment and not state:
             def augmented(features, labels, index):
                 features = dict(features)

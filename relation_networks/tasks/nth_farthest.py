@@ -86,8 +86,7 @@ class NthFarthest(Task):
         # already in random order, so `shuffle` has nothing to do.
         data = self._samples(config, split, seed)
         ds = tf.data.Dataset.from_tensor_slices(({"sequence": data["inputs"]}, data["answers"]))
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        ds = self.shard(ds, input_context)
         return ds
 
     def build_model(self, config):

@@ -84,8 +84,7 @@ class Physics(Task):
         ds = tf.data.TFRecordDataset(path).map(lambda r: physics.parse_example(r, d.num_balls, d.frames)).cache()
         if training if shuffle is None else shuffle:
             ds = ds.shuffle(100_000, seed=seed, reshuffle_each_iteration=False)
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        ds = self.shard(ds, input_context)
         if d.target == "connections":
             return ds.map(lambda o, c, s: ({"balls": o}, c))
         return ds.map(lambda o, c, s: ({"balls": o}, tf.cast(s - 1, tf.int32)))

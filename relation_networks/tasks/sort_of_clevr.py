@@ -153,14 +153,6 @@ class SortOfClevr(Task):
         path = os.path.join(self._directory(config.data), f"{self._check_split(split)}.tfrecord")
         return tf.data.TFRecordDataset(path).map(soc.parse_example, num_parallel_calls=tf.data.AUTOTUNE).cache()
 
-    @staticmethod
-    def _shard(examples, input_context):
-        # Shard after the (identically seeded) shuffle: every worker gets a disjoint, equally sized share of each
-        # epoch whatever the number of images.
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            examples = examples.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        return examples
-
     def dataset(self, config, split, *, training=False, shuffle=None, seed=0, input_context=None):
         shuffle = training if shuffle is None else shuffle
         images = self._images(config, split)
@@ -175,7 +167,7 @@ class SortOfClevr(Task):
         examples = images.flat_map(questions_of)
         if shuffle:
             examples = examples.shuffle(config.data.question_shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=False)
-        return self._shard(examples, input_context)
+        return self.shard(examples, input_context)
 
     def training_group_size(self, config):
         k = config.data.group_questions
@@ -209,7 +201,7 @@ class SortOfClevr(Task):
         if shuffle:
             buffer = max(1, config.data.question_shuffle_buffer // k)
             examples = examples.shuffle(buffer, seed=seed + 1, reshuffle_each_iteration=False)
-        return self._shard(examples, input_context)
+        return self.shard(examples, input_context)
 
     def training_forward(self, config, model):
         k = self.training_group_size(config)
