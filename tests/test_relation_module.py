@@ -105,12 +105,14 @@ def test_relations_sum_to_the_aggregate():
     np.testing.assert_allclose(output.numpy(), h.numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_pair_chunking_matches_values_and_gradients():
+@pytest.mark.parametrize("factorized", [True, False])
+@pytest.mark.parametrize("graph", [False, True])
+def test_pair_chunking_matches_values_and_gradients(factorized, graph):
     objects, question = _inputs(n=7)
     mask = np.ones((3, 7), "float32")
     mask[1, 4:] = 0
-    full = _layer()
-    chunked = _layer(pair_chunk_size=3)
+    full = _layer(factorized=factorized)
+    chunked = _layer(pair_chunk_size=3, factorized=factorized)  # 7 objects: blocks of 3, 3 and 1 rows
     full(objects, question=question)
     chunked(objects, question=question)
     chunked.set_weights(full.get_weights())
@@ -123,8 +125,10 @@ def test_pair_chunking_matches_values_and_gradients():
             loss = tf.reduce_sum(out**2)
         return out, tape.gradient(loss, [x] + layer.trainable_variables)
 
+    run = tf.function(grads) if graph else grads
     out_full, g_full = grads(full)
-    out_chunked, g_chunked = grads(chunked)
+    out_chunked, g_chunked = run(chunked)
+    assert all(g is not None for g in g_chunked)
     np.testing.assert_allclose(out_chunked.numpy(), out_full.numpy(), rtol=1e-5, atol=1e-5)
     for a, b in zip(g_chunked, g_full):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)

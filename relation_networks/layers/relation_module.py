@@ -112,7 +112,6 @@ class RelationModule(keras.layers.Layer):
         ]
         self.f_phi.append(keras.layers.Dense(self.f_units[-1], name=f"f_phi_{len(self.f_units) - 1}", **dense))
         self.f_dropout = keras.layers.Dropout(self.dropout, name="f_phi_dropout", dtype=self.dtype_policy)
-        self._remat_block = keras.remat(self._pair_block_sum)
 
     def build(self, objects_shape, question_shape=None, object_mask_shape=None, pair_mask_shape=None):
         if len(objects_shape) != 3 or objects_shape[-1] is None:
@@ -186,11 +185,69 @@ class RelationModule(keras.layers.Layer):
             pre = self._naive_first_layer(rows, objects, question)
         return self._g_theta(pre)
 
-    def _pair_block_sum(self, left_rows, right, rows, objects, question, weights_rows):
-        # Rematerialised per block: every argument is a tensor (no None), so gradients reach all of them.
-        question = question if self._question_dim else None
-        relations = self._pair_block(left_rows, right, rows, objects, question)
-        return ops.sum(relations * ops.expand_dims(weights_rows, -1), axis=(1, 2))
+    def _chunked_sum(self, left, right, objects, question, weights):
+        """`sum_{i,j} w_ij g(o_i, o_j, q)` `[B, Hg]`, computed `pair_chunk_size` rows `i` at a time.
+
+        Memory-bounded in both passes: the forward pass keeps no block's activations, and the backward pass
+        recomputes one block at a time inside a `tf.while_loop` (a loop, rather than unrolled blocks or
+        `tf.recompute_grad`, so graph optimisation can neither merge the recomputation with the forward pass nor
+        run all blocks at once). Peak memory grows with `pair_chunk_size * N` instead of `N^2`.
+        """
+        import tensorflow as tf
+
+        n, chunk = objects.shape[1], self.pair_chunk_size
+        blocks = -(-n // chunk)
+        pad = blocks * chunk - n
+        if pad:  # padded rows get zero weight: they take part in no pair
+            left = tf.pad(left, [[0, 0], [0, pad], [0, 0]])
+            weights = tf.pad(weights, [[0, 0], [0, pad], [0, 0]])
+            rows_all = tf.pad(objects, [[0, 0], [0, pad], [0, 0]])
+        else:
+            rows_all = objects
+        width = self.g_units[-1]
+
+        def block(k, left, right, rows_all, objects, question, weights):
+            start = k * chunk
+            left_rows = left[:, start : start + chunk]
+            rows = rows_all[:, start : start + chunk]
+            q = question if self._question_dim else None
+            relations = self._pair_block(left_rows, right, rows, objects, q)
+            return tf.reduce_sum(relations * weights[:, start : start + chunk, :, None], axis=[1, 2])
+
+        @tf.custom_gradient
+        def chunked(left, right, rows_all, objects, question, weights):
+            batch = tf.shape(objects)[0]
+            total = tf.while_loop(
+                lambda k, acc: k < blocks,
+                lambda k, acc: (k + 1, acc + block(k, left, right, rows_all, objects, question, weights)),
+                (tf.constant(0), tf.zeros((batch, width), left.dtype)),
+                parallel_iterations=1,
+            )[1]
+
+            def grad(upstream, variables=None):
+                variables = list(variables or [])
+                inputs = [left, right, rows_all, objects, question, weights]
+
+                def body(k, input_grads, variable_grads):
+                    with tf.GradientTape() as tape:
+                        tape.watch(inputs)
+                        out = block(k, *inputs)
+                    g = tape.gradient(out, inputs + variables, output_gradients=upstream,
+                                      unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                    return (k + 1, [a + b for a, b in zip(input_grads, g[: len(inputs)])],
+                            [a + b for a, b in zip(variable_grads, g[len(inputs):])])
+
+                _, input_grads, variable_grads = tf.while_loop(
+                    lambda k, *_: k < blocks, body,
+                    (tf.constant(0), [tf.zeros_like(x) for x in inputs],
+                     [tf.zeros_like(v) for v in variables]),
+                    parallel_iterations=1,
+                )
+                return input_grads, variable_grads
+
+            return total, grad
+
+        return chunked(left, right, rows_all, objects, question, weights)
 
     def _pair_weights(self, object_mask, pair_mask):
         """`[B, N, N]` weight of every pair (1 = included), or None when every pair counts."""
@@ -223,13 +280,7 @@ class RelationModule(keras.layers.Layer):
             batch = ops.shape(objects)[0]
             block_weights = weights if weights is not None else ops.ones((batch, n_static, n_static), self.compute_dtype)
             block_question = question if question is not None else ops.zeros((batch, 0), self.compute_dtype)
-            aggregate = 0
-            for start in range(0, n_static, self.pair_chunk_size):
-                stop = min(start + self.pair_chunk_size, n_static)
-                aggregate = aggregate + self._remat_block(
-                    left[:, start:stop], right, objects[:, start:stop], objects, block_question,
-                    block_weights[:, start:stop],
-                )
+            aggregate = self._chunked_sum(left, right, objects, block_question, block_weights)
 
         if self.aggregation == "mean":
             if weights is None:
