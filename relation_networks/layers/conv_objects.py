@@ -42,13 +42,18 @@ class ConvObjectExtractor(keras.layers.Layer):
             across replicas in synchronous multi-worker training.
         output_mode: `"objects"` (default) for the coordinate-tagged object set, or `"feature_map"` for the raw
             `[batch, d_h, d_w, k]` map (the CNN+MLP baseline flattens it).
+        early_features: also average-pool the first conv layer's output onto the final grid and concatenate it
+            to every cell (a "hypercolumn" skip connection; adds `filters[0]` dims). The first layer sees 3x3
+            pixels, so these features keep each cell's colours, which the deep features can lose while the
+            network is still learning what the question asks about (see `tools/probe_objects.py`).
 
     Call arguments:
         images: `[batch, height, width, channels]` float images.
         training: bool, batch-norm mode.
 
     Returns:
-        `[batch, d_h * d_w, filters[-1] + 2]` objects: conv features followed by (row, col).
+        `[batch, d_h * d_w, filters[-1] (+ filters[0]) + 2]` objects: conv features (then the pooled first-layer
+        features with `early_features`) followed by (row, col).
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class ConvObjectExtractor(keras.layers.Layer):
         bn_momentum=0.9,
         synchronized_bn=False,
         output_mode="objects",
+        early_features=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -68,6 +74,7 @@ class ConvObjectExtractor(keras.layers.Layer):
                 f"Invalid value for argument output_mode. Expected one of {{'objects', 'feature_map'}}, got {output_mode!r}."
             )
         self.output_mode = output_mode
+        self.early_features = bool(early_features)
         if isinstance(filters, int) or not filters or not all(isinstance(f, int) and f > 0 for f in filters):
             raise ValueError(
                 f"Invalid value for argument filters: expected a non-empty list of positive integers, got {filters!r}."
@@ -102,11 +109,23 @@ class ConvObjectExtractor(keras.layers.Layer):
             bn.build(shape)
 
     def feature_map(self, images, training=None):
-        """The conv stack's `[batch, d_h, d_w, k]` output, before flattening (used by the CNN+MLP baseline)."""
+        """The conv stack's `[batch, d_h, d_w, k]` output, before flattening (used by the CNN+MLP baseline);
+        with `early_features`, the pooled first-layer features are concatenated on the channel axis."""
         x = images
+        first = None
         for conv, bn in self.blocks:
             x = ops.relu(bn(conv(x), training=training))
+            first = x if first is None else first
+        if self.early_features:
+            x = ops.concatenate([x, self._pool_to(first, x.shape[1], x.shape[2])], axis=-1)
         return x
+
+    @staticmethod
+    def _pool_to(x, height, width):
+        """Average-pool `x` `[B, H, W, C]` onto a `height x width` grid ("same" padding)."""
+        window = (-(-x.shape[1] // height), -(-x.shape[2] // width))
+        pooled = ops.average_pool(x, window, strides=window, padding="same")
+        return pooled[:, :height, :width, :]
 
     def call(self, images, training=None):
         x = self.feature_map(images, training=training)
@@ -123,10 +142,11 @@ class ConvObjectExtractor(keras.layers.Layer):
         shape = tuple(images_shape)
         for conv, _ in self.blocks:
             shape = conv.compute_output_shape(shape)
+        channels = self.filters[-1] + (self.filters[0] if self.early_features else 0)
         if self.output_mode == "feature_map":
-            return shape
+            return shape[:3] + (channels,)
         cells = None if shape[1] is None or shape[2] is None else shape[1] * shape[2]
-        return (shape[0], cells, self.filters[-1] + 2)
+        return (shape[0], cells, channels + 2)
 
     def get_config(self):
         config = super().get_config()
@@ -138,5 +158,6 @@ class ConvObjectExtractor(keras.layers.Layer):
             bn_momentum=self.bn_momentum,
             synchronized_bn=self.synchronized_bn,
             output_mode=self.output_mode,
+            early_features=self.early_features,
         )
         return config

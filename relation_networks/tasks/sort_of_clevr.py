@@ -49,6 +49,7 @@ class SortOfClevrModel:
     pair_chunk_size: typing.Optional[int] = None
     bn_momentum: float = 0.9
     synchronized_bn: bool = False
+    early_features: bool = False  # ConvObjectExtractor(early_features=...): pooled first-layer features per cell
 
 
 def _layers(model_config):
@@ -60,6 +61,7 @@ def _layers(model_config):
             bn_momentum=model_config.bn_momentum,
             synchronized_bn=model_config.synchronized_bn,
             output_mode="objects" if model_config.type == "rn" else "feature_map",
+            early_features=model_config.early_features,
             name="cnn",
         ),
         "logits": keras.layers.Activation("linear", dtype="float32", name="logits"),
