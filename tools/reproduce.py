@@ -35,7 +35,8 @@ PREAMBLE = (
 # task -> (split to report, [(label, config, run directory)])
 REPRODUCTIONS = {
     "sort_of_clevr": ("test", [("CNN+RN", "configs/sort_of_clevr.yaml", "runs/sort_of_clevr"),
-                               ("CNN+MLP", "configs/sort_of_clevr_mlp.yaml", "runs/sort_of_clevr_mlp")]),
+                               ("CNN+MLP", "configs/sort_of_clevr_mlp.yaml", "runs/sort_of_clevr_mlp"),
+                               ("CNN+RN, early features", "configs/sort_of_clevr.yaml", "runs/sort_of_clevr_early")]),
     "babi": ("val", [("RN (joint, 20 tasks)", "configs/babi.yaml", "runs/babi")]),
     "nth_farthest": ("test", [("RMC", "configs/nth_farthest.yaml", "runs/nth_farthest"),
                               ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm")]),
@@ -75,12 +76,47 @@ def section(task, split, runs):
         figure = os.path.join("docs", "figures", f"{os.path.basename(run_dir)}.png")
         plots.learning_curve(os.path.join(ROOT, run_dir), os.path.join(ROOT, figure), m["history"], f"{task}: {label}")
         figures.append(f"![{label} learning curve](figures/{os.path.basename(figure)})")
+    drift = [f"- {label}: trained with {differences}" for label, config, run_dir, _ in runs
+             if (differences := _config_drift(config, run_dir))]
+    if drift:
+        info += ["", "Runs whose saved `config.yaml` differs from the config file as it is now:", *drift]
     hardware = runs[0][3]["hardware"]
     return (
         f"Split: `{split}` ({reports[0][1]['examples']:,} examples). Hardware: {hardware['cpu']}, "
         f"{hardware['cores']} cores, TensorFlow {hardware['tensorflow']}, Keras {hardware['keras']}.\n\n"
         f"{header}\n" + "\n".join(rows) + "\n\n" + "\n".join(info) + "\n\n" + "\n".join(figures) + "\n\n"
         f"Regenerate: `python tools/reproduce.py --task {task}` (add `--train` to train the runs first).\n"
+    )
+
+
+def _flatten(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _config_drift(config_file, run_dir):
+    """`key=run value (file: current value)` for every setting in which a run's saved config differs from the
+    config file now (the run's overrides, or a file edited since), or "" when they agree."""
+    from relation_networks import config as config_lib
+
+    saved = os.path.join(ROOT, run_dir, "config.yaml")
+    if not os.path.exists(saved):
+        return ""
+    import yaml
+
+    with open(saved) as f:
+        written = _flatten(yaml.safe_load(f) or {})  # every setting that existed when the run was trained
+    run = _flatten(config_lib.to_dict(config_lib.load(saved)))
+    now = _flatten(config_lib.to_dict(config_lib.load(os.path.join(ROOT, config_file))))
+    keys = sorted(k for k in set(run) | set(now) if k != "run_dir" and (run.get(k) != now.get(k) or k not in written))
+    return ", ".join(
+        f"`{k}={run.get(k)}` (file: `{now.get(k)}`)" if k in written else f"`{k}` before the setting existed"
+        for k in keys
     )
 
 

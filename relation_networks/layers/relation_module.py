@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 _AGGREGATIONS = ("sum", "mean")
+_AGGREGATE_NORMS = (None, "batch", "layer")
 
 
 def _check_units(name, units):
@@ -45,6 +46,10 @@ class RelationModule(keras.layers.Layer):
         pair_chunk_size: if set, process the pair grid in blocks of this many rows `i` and recompute each block
             in the backward pass (rematerialisation). Peak memory then grows with `chunk * N` instead of `N^2`,
             for large object counts. Requires a static number of objects.
+        aggregate_norm: `None` (the paper), `"batch"` or `"layer"`: normalise the aggregated relations before
+            `f_phi` (BatchNormalization with momentum 0.9, or LayerNormalization). Batch normalisation removes the
+            part of the aggregate that every example shares (the many pairs that do not matter to the question),
+            so `f_phi` sees the part that varies from the start.
         return_relations: if True the layer returns `(output, relations)` where `relations` holds every pair's
             `g_theta` output, `[batch, N, N, g_units[-1]]`, zero for masked pairs. Can also be given per call.
         kernel_initializer, bias_initializer: initialisers of every dense kernel / bias.
@@ -73,6 +78,7 @@ class RelationModule(keras.layers.Layer):
         factorized=True,
         pair_chunk_size=None,
         return_relations=False,
+        aggregate_norm=None,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         **kwargs,
@@ -97,6 +103,11 @@ class RelationModule(keras.layers.Layer):
         self.factorized = bool(factorized)
         self.pair_chunk_size = pair_chunk_size
         self.return_relations = bool(return_relations)
+        if aggregate_norm not in _AGGREGATE_NORMS:
+            raise ValueError(
+                f"Invalid value for argument aggregate_norm. Expected one of {_AGGREGATE_NORMS}, got {aggregate_norm!r}."
+            )
+        self.aggregate_norm = aggregate_norm
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
 
@@ -111,6 +122,11 @@ class RelationModule(keras.layers.Layer):
             for k, units in enumerate(self.f_units[:-1])
         ]
         self.f_phi.append(keras.layers.Dense(self.f_units[-1], name=f"f_phi_{len(self.f_units) - 1}", **dense))
+        self.norm = None
+        if aggregate_norm == "batch":
+            self.norm = keras.layers.BatchNormalization(momentum=0.9, name="aggregate_norm", dtype=self.dtype_policy)
+        elif aggregate_norm == "layer":
+            self.norm = keras.layers.LayerNormalization(name="aggregate_norm", dtype=self.dtype_policy)
         self.f_dropout = keras.layers.Dropout(self.dropout, name="f_phi_dropout", dtype=self.dtype_policy)
 
     def build(self, objects_shape, question_shape=None, object_mask_shape=None, pair_mask_shape=None):
@@ -139,6 +155,8 @@ class RelationModule(keras.layers.Layer):
         for layer in self.g_theta:
             layer.build((None, width))
             width = layer.units
+        if self.norm is not None:
+            self.norm.build((None, width))
         for layer in self.f_phi:
             layer.build((None, width))
             width = layer.units
@@ -289,7 +307,7 @@ class RelationModule(keras.layers.Layer):
                 count = ops.maximum(ops.sum(weights, axis=(1, 2)), 1.0)[:, None]
             aggregate = aggregate / count
 
-        h = aggregate
+        h = aggregate if self.norm is None else self.norm(aggregate, training=training)
         for layer in self.f_phi[:-1]:
             h = layer(h)
         output = self.f_phi[-1](self.f_dropout(h, training=training))
@@ -312,6 +330,7 @@ class RelationModule(keras.layers.Layer):
             dropout=self.dropout,
             activation=keras.activations.serialize(self.activation),
             aggregation=self.aggregation,
+            aggregate_norm=self.aggregate_norm,
             factorized=self.factorized,
             pair_chunk_size=self.pair_chunk_size,
             return_relations=self.return_relations,

@@ -45,6 +45,7 @@ class SortOfClevrModel:
     f_units: typing.List[int] = dataclasses.field(default_factory=lambda: [2000, 1000, 500, 100])
     dropout: float = 0.0
     aggregation: str = choice("sum", ("sum", "mean"))
+    aggregate_norm: typing.Optional[str] = choice(None, (None, "batch", "layer"))  # see RelationModule
     factorized: bool = True
     pair_chunk_size: typing.Optional[int] = None
     bn_momentum: float = 0.9
@@ -72,6 +73,7 @@ def _layers(model_config):
             list(model_config.f_units) + [len(soc.ANSWERS)],
             dropout=model_config.dropout,
             aggregation=model_config.aggregation,
+            aggregate_norm=model_config.aggregate_norm,
             factorized=model_config.factorized,
             pair_chunk_size=model_config.pair_chunk_size,
             name="relation_module",
