@@ -259,7 +259,7 @@ def markdown(result):
             if "seconds" in r:
                 lines.append(f"| {r['objects']} | {r['objects'] ** 2:,} | {chunk} | {r['seconds']:.2f} | {r['peak_rss_gb']:.2f} GB |")
             else:
-                lines.append(f"| {r['objects']} | {r['objects'] ** 2:,} | {chunk} | {r.get('skipped') or r.get('failed')} | - |")
+                lines.append(f"| {r['objects']} | {r['objects'] ** 2:,} | {chunk} | {'skipped: ' + r['skipped'] if r.get('skipped') else 'FAILED: ' + str(r.get('failed'))} | - |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

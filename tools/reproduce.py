@@ -36,7 +36,7 @@ PREAMBLE = (
 REPRODUCTIONS = {
     "sort_of_clevr": ("test", [("CNN+RN", "configs/sort_of_clevr.yaml", "runs/sort_of_clevr"),
                                ("CNN+MLP", "configs/sort_of_clevr_mlp.yaml", "runs/sort_of_clevr_mlp"),
-                               ("CNN+RN, early features", "configs/sort_of_clevr.yaml", "runs/sort_of_clevr_early")]),
+                               ("CNN+RN, aggregate_norm=batch", "configs/sort_of_clevr.yaml", "runs/sort_of_clevr_bnagg")]),
     "babi": ("val", [("RN (joint, 20 tasks)", "configs/babi.yaml", "runs/babi")]),
     "nth_farthest": ("test", [("RMC", "configs/nth_farthest.yaml", "runs/nth_farthest"),
                               ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm")]),

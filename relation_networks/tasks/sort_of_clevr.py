@@ -213,6 +213,7 @@ class SortOfClevr(Task):
             return super().training_forward(config, model)
         layers = {layer.name: layer for layer in model.layers}
 
+        @tf.autograph.experimental.do_not_convert  # plain tensor code: nothing for AutoGraph to convert
         def forward(features, training):
             questions = tf.reshape(features["question"], (-1, soc.QUESTION_DIM))
             logits = _logits(layers, config.model, features["image"], questions, training, questions_per_image=k)
