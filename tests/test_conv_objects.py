@@ -63,10 +63,6 @@ def test_early_features_are_the_first_layer_averaged_over_each_cell():
         cols = slice(max(8 * c - 1, 0), min(8 * c + 7, 38))
         expected = first[:, rows, cols].mean(axis=(1, 2))
         np.testing.assert_allclose(objects[:, cell, 9:12], expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(objects[:, :, -2:], np.broadcast_to(layer_coords(5, 5), (2, 25, 2)), atol=1e-6)
+    np.testing.assert_allclose(objects[:, :, -2:], np.broadcast_to(cell_coordinates(5, 5).numpy(), (2, 25, 2)), atol=1e-6)
     feature_map = ConvObjectExtractor([3, 5, 7, 9], early_features=True, output_mode="feature_map")
     assert tuple(feature_map(images).shape) == (2, 5, 5, 12)
-
-
-def layer_coords(h, w):
-    return cell_coordinates(h, w).numpy()

@@ -129,3 +129,17 @@ def test_benchmark_throughput_smoke(tmp_path):
     assert len(variants) == len(rows) == 16
     assert all(r["questions_per_second"] > 0 for r in rows)
     assert min(r["speedup_vs_slowest"] for r in rows) == 1.0
+
+
+def test_probe_objects_tool(trained_run, tmp_path):
+    run_dir, _, _ = trained_run
+    out = tmp_path / "probe.json"
+    result = run_tool("probe_objects", "--run", run_dir, "--images", "30", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "colour (object cells)" in result.stdout
+    with open(out) as f:
+        scores = json.load(f)
+    for name in ("trained", "initial"):
+        assert set(scores[name]) == {"colour_accuracy_object_cells", "colour_accuracy_all_cells",
+                                     "shape_accuracy_object_cells"}
+        assert all(0.0 <= v <= 1.0 for v in scores[name].values())

@@ -40,7 +40,8 @@ def _cell_labels(objects, cells_per_row):
 
 
 def _linear_probe(features, labels, train):
-    """Accuracy on `~train` of a least-squares one-vs-rest linear read-out of `labels` fitted on `train`."""
+    """Per held-out row (`~train`), whether a least-squares one-vs-rest linear read-out of `labels`, fitted on
+    `train`, gets it right."""
     import numpy as np
 
     x = np.concatenate([features, np.ones((len(features), 1), features.dtype)], axis=1)
@@ -48,7 +49,7 @@ def _linear_probe(features, labels, train):
     targets = (labels[:, None] == classes[None, :]).astype(np.float64)
     weights = np.linalg.lstsq(x[train], targets[train], rcond=None)[0]
     predicted = classes[np.argmax(x[~train] @ weights, axis=1)]
-    return float(np.mean(predicted == labels[~train]))
+    return predicted == labels[~train]
 
 
 def probe(cnn_features, objects):
@@ -61,17 +62,13 @@ def probe(cnn_features, objects):
     features = cnn_features.reshape(-1, dims).astype(np.float64)
     colour, shape = colour.reshape(-1), shape.reshape(-1)
     occupied = shape >= 0
-    colour_all = _linear_probe(features, colour, train)
-    # colour accuracy on the cells that hold an object: refit on all cells, score the occupied ones
-    x = np.concatenate([features, np.ones((len(features), 1))], axis=1)
-    classes = np.unique(colour)
-    w = np.linalg.lstsq(x[train], (colour[train, None] == classes[None, :]).astype(np.float64), rcond=None)[0]
-    predicted = classes[np.argmax(x @ w, axis=1)]
-    colour_objects = float(np.mean((predicted == colour)[~train & occupied]))
+    colour_right = _linear_probe(features, colour, train)  # one read-out over all cells, empty ones included
+    colour_objects = float(np.mean(colour_right[occupied[~train]]))
+    colour_all = float(np.mean(colour_right))
     return {
         "colour_accuracy_object_cells": colour_objects,
         "colour_accuracy_all_cells": colour_all,
-        "shape_accuracy_object_cells": _linear_probe(features[occupied], shape[occupied], train[occupied]),
+        "shape_accuracy_object_cells": float(np.mean(_linear_probe(features[occupied], shape[occupied], train[occupied]))),
     }
 
 

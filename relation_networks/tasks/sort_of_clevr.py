@@ -185,7 +185,7 @@ class SortOfClevr(Task):
         k = self.training_group_size(config)
         shuffle = config.train.shuffle
         if k == 1:
-            return self.dataset(config, "train", training=True, shuffle=shuffle, seed=seed, input_context=input_context)
+            return super().training_dataset(config, seed=seed, input_context=input_context)
         images = self._images(config, "train").enumerate()
         if shuffle:
             images = images.shuffle(100_000, seed=seed, reshuffle_each_iteration=False)
