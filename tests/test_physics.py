@@ -94,3 +94,30 @@ def test_tiny_training_evaluation_and_export(config, tmp_path_factory):
         pictures = run_tool("visualize", "--model", run_dir, "--num", "2", "--out", str(base / "vis"))
         assert pictures.returncode == 0, pictures.stderr[-3000:]
         assert len(list((base / "vis").glob("*.png"))) == 2
+
+
+def test_ball_identity_one_hot_and_round_trip(tmp_path):
+    import keras
+
+    from relation_networks.tasks.physics import BallIdentity
+
+    balls = np.zeros((2, 10, 33), np.float32)
+    balls[..., 32] = np.arange(10) / 9
+    balls[..., :32] = np.random.default_rng(0).normal(size=(2, 10, 32))
+    out = keras.ops.convert_to_numpy(BallIdentity(10)(balls))
+    assert out.shape == (2, 10, 42)
+    np.testing.assert_array_equal(out[..., :32], balls[..., :32])  # trajectories untouched
+    np.testing.assert_array_equal(out[0, :, 32:], np.eye(10))  # ball k -> one-hot k
+    inputs = keras.Input((10, 33))
+    model = keras.Model(inputs, BallIdentity(10, name="ball_identity")(inputs))
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(reloaded(balls)), out)
+
+
+def test_data_directory_does_not_depend_on_worker_count(tmp_path):
+    sizes = {"train": 3, "val": 2, "test": 2}
+    one = physics.prepare(str(tmp_path), 5, sizes, log=lambda *_: None, workers=1, num_balls=10, frames=16)
+    again = physics.prepare(str(tmp_path), 5, sizes, log=lambda *_: None, workers=2, num_balls=10, frames=16)
+    assert one == again  # found, not regenerated: scenes depend only on (seed, index)
+    assert "workers" not in os.path.basename(one)

@@ -143,3 +143,18 @@ def test_probe_objects_tool(trained_run, tmp_path):
         assert set(scores[name]) == {"colour_accuracy_object_cells", "colour_accuracy_all_cells",
                                      "shape_accuracy_object_cells"}
         assert all(0.0 <= v <= 1.0 for v in scores[name].values())
+
+
+def test_probe_state_tool(trained_run, tmp_path):
+    _, data_dir, _ = trained_run
+    out = tmp_path / "state.json"
+    sets = [a for o in tiny_sort_of_clevr_overrides(data_dir) for a in ("--set", o)]
+    result = run_tool("probe_state", *sets, "--set", "model.aggregation=sum", "--epochs", "2", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "aggregation=sum" in result.stdout and "epoch 2" in result.stdout
+    with open(out) as f:
+        report = json.load(f)
+    assert [row["epoch"] for row in report["epochs"]] == [1, 2]
+    assert all(0.0 <= row["shape"] <= 1.0 and 0.0 <= row["count"] <= 1.0 for row in report["epochs"])
+    bad = run_tool("probe_state", "--config", "configs/babi.yaml")
+    assert bad.returncode == 2 and "not a Sort-of-CLEVR" in bad.stderr

@@ -34,7 +34,9 @@ PREAMBLE = (
 )
 # task -> (split to report, [(label, config, run directory[, --set overrides of that run])])
 REPRODUCTIONS = {
-    "sort_of_clevr": ("test", [("CNN+RN", "configs/sort_of_clevr.yaml", "runs/sort_of_clevr"),
+    "sort_of_clevr": ("test", [("CNN+RN", "configs/sort_of_clevr.yaml", "runs/sort_of_clevr_g4"),
+                               ("CNN+RN, one question per image", "configs/sort_of_clevr.yaml", "runs/sort_of_clevr",
+                                ["data.group_questions=1", "train.epochs=8"]),
                                ("CNN+MLP", "configs/sort_of_clevr_mlp.yaml", "runs/sort_of_clevr_mlp"),
                                ("CNN+RN, aggregate_norm=batch", "configs/sort_of_clevr.yaml", "runs/sort_of_clevr_bnagg",
                                 ["model.aggregate_norm=batch", "train.time_limit_minutes=33"])]),

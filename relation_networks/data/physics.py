@@ -181,8 +181,12 @@ def write_split(path, arrays):
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
 
 
-def prepare(root, seed, sizes, log=print, **kwargs):
-    """Generate the splits (`sizes`: {split: scenes}) under `root` once; return the directory."""
+def prepare(root, seed, sizes, log=print, workers=None, **kwargs):
+    """Generate the splits (`sizes`: {split: scenes}) under `root` once; return the directory.
+
+    The directory is named for everything that changes the scenes (`seed`, `sizes`, the simulation `kwargs`),
+    not for `workers`: scenes depend only on (seed, index), so any number of processes gives the same data.
+    """
     name = f"seed{seed}_" + "_".join(f"{k}{v}" for k, v in sorted(sizes.items())) + "_" + "_".join(
         f"{k}{v}" for k, v in sorted(kwargs.items()))
     target = os.path.join(root, name)
@@ -194,7 +198,7 @@ def prepare(root, seed, sizes, log=print, **kwargs):
         for offset, (split, n) in enumerate(sorted(sizes.items())):
             log(f"Simulating {n} {split} scenes ...")
             # each split has its own seed stream so sizes can change without changing the other splits
-            write_split(os.path.join(tmp, f"{split}.tfrecord"), generate(n, seed * 1000 + offset, **kwargs))
+            write_split(os.path.join(tmp, f"{split}.tfrecord"), generate(n, seed * 1000 + offset, workers=workers, **kwargs))
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump({"seed": seed, "sizes": sizes, **kwargs}, f)
         try:

@@ -38,6 +38,34 @@ class PhysicsModel:
     f_units: typing.List[int] = dataclasses.field(default_factory=lambda: [500, 100])  # + linear outputs
     mlp_units: typing.List[int] = dataclasses.field(default_factory=lambda: [1000, 1000, 1000, 500, 100])
     aggregation: str = choice("sum", ("sum", "mean"))
+    # How the model reads each ball's colour value: "one_hot" expands it to a one-hot ball identity (the
+    # connection logits are indexed by ball, so the model must tell the balls apart; a single scalar makes every
+    # identity a narrow interval that the first layer has to carve out); "scalar" feeds the value as it is.
+    identity: str = choice("one_hot", ("one_hot", "scalar"))
+
+
+@keras.saving.register_keras_serializable(package="relation_networks")
+class BallIdentity(keras.layers.Layer):
+    """Replaces the last feature of each ball, its colour value `k / (num_balls - 1)`, by a one-hot of k.
+
+    `[B, num_balls, d]` -> `[B, num_balls, d - 1 + num_balls]`.
+    """
+
+    def __init__(self, num_balls, **kwargs):
+        super().__init__(**kwargs)
+        self.num_balls = int(num_balls)
+
+    def call(self, balls):
+        value = balls[..., -1]
+        index = keras.ops.cast(keras.ops.round(value * (self.num_balls - 1)), "int32")
+        identity = keras.ops.one_hot(index, self.num_balls, dtype=balls.dtype)
+        return keras.ops.concatenate([balls[..., :-1], identity], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (input_shape[-1] - 1 + self.num_balls,)
+
+    def get_config(self):
+        return {**super().get_config(), "num_balls": self.num_balls}
 
 
 def build_model(model_config, data_config):
@@ -46,11 +74,12 @@ def build_model(model_config, data_config):
     n = data_config.num_balls
     balls = keras.Input((n, 2 * data_config.frames + 1), name="balls")
     outputs = n * n if data_config.target == "connections" else n
+    objects = BallIdentity(n, name="ball_identity")(balls) if model_config.identity == "one_hot" else balls
     if model_config.type == "rn":
         logits = RelationModule(model_config.g_units, list(model_config.f_units) + [outputs],
-                                aggregation=model_config.aggregation, name="relation_module")(balls)
+                                aggregation=model_config.aggregation, name="relation_module")(objects)
     else:
-        h = mlp(keras.layers.Flatten(name="flatten")(balls), model_config.mlp_units, "mlp")
+        h = mlp(keras.layers.Flatten(name="flatten")(objects), model_config.mlp_units, "mlp")
         logits = keras.layers.Dense(outputs, name="mlp_logits")(h)
     return logits_model({"balls": balls}, logits, f"physics_{data_config.target}_{model_config.type}")
 
