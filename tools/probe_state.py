@@ -46,7 +46,7 @@ def main(argv):
     from relation_networks.data import sort_of_clevr as soc
     from relation_networks.errors import UserError
     from relation_networks.evaluation import grouped_accuracy
-    from relation_networks.layers import RelationModule
+    from relation_networks.tasks.sort_of_clevr import relation_module
 
     config = config_lib.load(FLAGS.config, FLAGS.set)
     if config.task != "sort_of_clevr" or config.model.type != "rn":
@@ -67,9 +67,7 @@ def main(argv):
     m = config.model
     objects = keras.Input(train_x[0].shape[1:], name="objects")
     question = keras.Input((soc.QUESTION_DIM,), name="question")
-    relation = RelationModule(m.g_units, list(m.f_units) + [len(soc.ANSWERS)], aggregation=m.aggregation,
-                              aggregate_norm=m.aggregate_norm, name="relation_module")
-    logits = keras.layers.Activation("linear", dtype="float32")(relation(objects, question=question))
+    logits = keras.layers.Activation("linear", dtype="float32")(relation_module(m)(objects, question=question))
     model = keras.Model([objects, question], logits)
     model.compile(keras.optimizers.Adam(config.train.learning_rate),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))

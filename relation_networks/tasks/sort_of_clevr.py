@@ -53,6 +53,20 @@ class SortOfClevrModel:
     early_features: bool = False  # ConvObjectExtractor(early_features=...): pooled first-layer features per cell
 
 
+def relation_module(model_config):
+    """The CNN+RN's RelationModule for `model_config`: objects (+ question) -> one logit per answer."""
+    return RelationModule(
+        model_config.g_units,
+        list(model_config.f_units) + [len(soc.ANSWERS)],
+        dropout=model_config.dropout,
+        aggregation=model_config.aggregation,
+        aggregate_norm=model_config.aggregate_norm,
+        factorized=model_config.factorized,
+        pair_chunk_size=model_config.pair_chunk_size,
+        name="relation_module",
+    )
+
+
 def _layers(model_config):
     """The model's layers by name (built by `build_model`, fetched back by `training_forward`)."""
     layers = {
@@ -68,16 +82,7 @@ def _layers(model_config):
         "logits": keras.layers.Activation("linear", dtype="float32", name="logits"),
     }
     if model_config.type == "rn":
-        layers["relation_module"] = RelationModule(
-            model_config.g_units,
-            list(model_config.f_units) + [len(soc.ANSWERS)],
-            dropout=model_config.dropout,
-            aggregation=model_config.aggregation,
-            aggregate_norm=model_config.aggregate_norm,
-            factorized=model_config.factorized,
-            pair_chunk_size=model_config.pair_chunk_size,
-            name="relation_module",
-        )
+        layers["relation_module"] = relation_module(model_config)
     else:
         layers["flatten"] = keras.layers.Flatten(name="flatten")
         layers["image_and_question"] = keras.layers.Concatenate(name="image_and_question")
