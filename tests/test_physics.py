@@ -41,8 +41,8 @@ def test_self_check_links_hold_and_every_ball_moves():
         np.testing.assert_allclose(observation[:, :16], trajectory[:, :, 0].T)
         np.testing.assert_allclose(observation[:, 32], np.arange(10) / 9)
         check = physics.self_check(trajectory, links, 10)
-        assert check["rigid"] < 0.05  # rigid links: distance nearly constant
-        assert check["spring"] < 20  # springs: distance bounded
+        assert check["rigid"] < 0.01  # rigid links: distance constant
+        assert check["spring"] < 1.25  # stiff springs: distance "remains similar across frames"
         assert np.all(np.abs(np.diff(trajectory, axis=0)).sum(axis=(0, 2)) > 0.05)  # every ball moves
         assert np.all(np.abs(trajectory) <= physics.ARENA + 1e-3)  # inside the walls
         linked = {(i, j) for i, j, _ in links}
@@ -58,6 +58,17 @@ def test_labels_components_by_independent_computation():
         np.testing.assert_array_equal(c, c.T)
         assert s == _components_by_union_find(c)
     assert len(set(data["systems"].tolist())) > 3  # the number of systems varies
+
+
+def test_spring_parameters_change_the_scenes_and_the_data_directory(tmp_path):
+    soft = physics.simulate_scene(0, 0, stiffness=40.0, spring_damping=0.5)
+    stiff = physics.simulate_scene(0, 0)
+    assert soft[3] == stiff[3] and any(kind == "spring" for _, _, kind in soft[3])
+    assert not np.allclose(soft[0], stiff[0])
+    sizes = {"train": 2, "val": 1, "test": 1}
+    a = physics.prepare(str(tmp_path), 0, sizes, log=lambda *_: None, workers=1, stiffness=40.0)
+    b = physics.prepare(str(tmp_path), 0, sizes, log=lambda *_: None, workers=1, stiffness=80.0)
+    assert a != b  # a changed simulation setting never reuses stale scenes
 
 
 def test_unlinked_balls_move_independently():
@@ -121,3 +132,20 @@ def test_data_directory_does_not_depend_on_worker_count(tmp_path):
     again = physics.prepare(str(tmp_path), 5, sizes, log=lambda *_: None, workers=2, num_balls=10, frames=16)
     assert one == again  # found, not regenerated: scenes depend only on (seed, index)
     assert "workers" not in os.path.basename(one)
+
+
+def test_physics_check_tool_separates_linked_pairs(tmp_path):
+    out = tmp_path / "check.json"
+    result = run_tool("physics_check", "--scenes", "12", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "distance-threshold baseline" in result.stdout
+    with open(out) as f:
+        report = json.load(f)
+    pairs = report["pairs"]
+    assert sum(p["count"] for p in pairs.values()) == 12 * 45
+    # default settings: linked pairs keep their distance, pairs in different systems do not
+    assert pairs["rigid link"]["quantiles_5_50_95"][2] < 0.01
+    assert pairs["spring link"]["quantiles_5_50_95"][1] < 0.05
+    assert pairs["different systems"]["quantiles_5_50_95"][1] > 0.1
+    bad = run_tool("physics_check", "--config", "configs/babi.yaml")
+    assert bad.returncode == 2 and "not a physics config" in bad.stderr

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import run_tool, tiny_sort_of_clevr_overrides
+from conftest import ROOT, run_tool, tiny_sort_of_clevr_overrides
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +158,37 @@ def test_probe_state_tool(trained_run, tmp_path):
     assert all(0.0 <= row["shape"] <= 1.0 and 0.0 <= row["count"] <= 1.0 for row in report["epochs"])
     bad = run_tool("probe_state", "--config", "configs/babi.yaml")
     assert bad.returncode == 2 and "not a Sort-of-CLEVR" in bad.stderr
+
+
+def test_probe_state_grid_layout_places_each_object_in_its_cell(trained_run, tmp_path):
+    import importlib
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        probe_state = importlib.import_module("probe_state")
+    finally:
+        sys.path.remove(os.path.join(ROOT, "tools"))
+    # colour, x (column), y (row), shape; 75 px / 5 cells = 15 px per cell
+    table = np.array([[[0, 7, 7, 1], [1, 74, 0, 0], [2, 30, 44, 1], [3, 45, 15, 0], [4, 60, 61, 1], [5, 16, 70, 0]]],
+                     np.float32)
+    cells = probe_state.grid_objects(table, 5)
+    assert cells.shape == (1, 25, 11)
+    state = probe_state.state_objects(table)
+    expected_cell = {0: 0 * 5 + 0, 1: 0 * 5 + 4, 2: 2 * 5 + 2, 3: 1 * 5 + 3, 4: 4 * 5 + 4, 5: 4 * 5 + 1}
+    for k, cell in expected_cell.items():
+        np.testing.assert_array_equal(cells[0, cell, 2:], state[0, k])
+    empty = sorted(set(range(25)) - set(expected_cell.values()))
+    assert not cells[0, empty, 2:].any()
+    np.testing.assert_allclose(cells[0, 7, :2], [-0.5, 0.0])  # row 1, column 2 of 5 on [-1, 1]
+
+    _, data_dir, _ = trained_run
+    out = tmp_path / "grid.json"
+    sets = [a for o in tiny_sort_of_clevr_overrides(data_dir) for a in ("--set", o)]
+    result = run_tool("probe_state", *sets, "--layout", "grid", "--epochs", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out) as f:
+        report = json.load(f)
+    assert report["layout"] == "grid" and report["objects"] == 25

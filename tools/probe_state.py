@@ -22,6 +22,11 @@ flags.DEFINE_integer("epochs", 2, "Passes over the training questions.")
 flags.DEFINE_integer("batch_size", 64, "Questions per step.")
 flags.DEFINE_integer("seed", 0, "Initialisation and shuffling seed.")
 flags.DEFINE_string("json", None, "Also write the per-epoch accuracies here.")
+flags.DEFINE_enum("layout", "objects", ["objects", "grid"],
+                  "objects: the 6 objects; grid: the objects placed in a GRID x GRID grid of cells, like the CNN's "
+                  "feature map (each cell: its (row, col) tag plus the features of the object centred in it, or "
+                  "zeros), so the probe sees as many pairs as the CNN+RN with perfect features.")
+flags.DEFINE_integer("grid", 5, "Cells per side for --layout grid (the default CNN gives 5 x 5).")
 
 
 def state_objects(objects):
@@ -33,6 +38,27 @@ def state_objects(objects):
     colour = np.eye(soc.NUM_OBJECTS, dtype=np.float32)[objects[..., 0].astype(int)]
     position = objects[..., 1:3] / (soc.IMAGE_SIZE / 2) - 1.0
     return np.concatenate([colour, position, objects[..., 3:4]], axis=-1).astype(np.float32)
+
+
+def grid_objects(objects, grid):
+    """`[..., grid * grid, 11]` cells (row, col tag in [-1, 1]; then the 9 state features of the object whose
+    centre lies in the cell, or zeros) from `[..., 6, 4]` object tables."""
+    import numpy as np
+
+    from relation_networks.data import sort_of_clevr as soc
+    from relation_networks.layers.conv_objects import cell_coordinates
+
+    state = state_objects(objects)
+    cells = np.zeros(objects.shape[:-2] + (grid * grid, state.shape[-1]), np.float32)
+    column = np.clip((objects[..., 1] * grid // soc.IMAGE_SIZE).astype(int), 0, grid - 1)
+    row = np.clip((objects[..., 2] * grid // soc.IMAGE_SIZE).astype(int), 0, grid - 1)
+    index = row * grid + column  # [..., 6]
+    flat_cells = cells.reshape(-1, grid * grid, state.shape[-1])
+    flat_index, flat_state = index.reshape(-1, index.shape[-1]), state.reshape(-1, *state.shape[-2:])
+    for b in range(len(flat_cells)):
+        flat_cells[b, flat_index[b]] = flat_state[b]
+    tags = np.broadcast_to(np.asarray(cell_coordinates(grid, grid), np.float32), cells.shape[:-1] + (2,))
+    return np.concatenate([tags, cells], axis=-1)
 
 
 @_common.main_wrapper
@@ -56,7 +82,8 @@ def main(argv):
 
     def split(name):
         records = list(task._images(config, name).as_numpy_iterator())
-        objects = state_objects(np.stack([r["objects"] for r in records]))
+        tables = np.stack([r["objects"] for r in records])
+        objects = state_objects(tables) if FLAGS.layout == "objects" else grid_objects(tables, FLAGS.grid)
         questions = np.stack([r["questions"] for r in records]).reshape(-1, soc.QUESTION_DIM)
         answers = np.stack([r["answers"] for r in records]).reshape(-1)
         return [np.repeat(objects, soc.QUESTIONS_PER_IMAGE, axis=0), questions], answers
@@ -72,7 +99,7 @@ def main(argv):
     model.compile(keras.optimizers.Adam(config.train.learning_rate),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = []
-    print(f"State-description probe: aggregation={m.aggregation}, Adam {config.train.learning_rate:g}, "
+    print(f"State-description probe ({FLAGS.layout}, {train_x[0].shape[1]} objects): aggregation={m.aggregation}, Adam {config.train.learning_rate:g}, "
           f"g {m.g_units}, f {m.f_units}, {config.train.precision}, batch {FLAGS.batch_size}, seed {FLAGS.seed}")
     start = time.time()
     for epoch in range(1, FLAGS.epochs + 1):
@@ -87,7 +114,8 @@ def main(argv):
     if FLAGS.json:
         from relation_networks.io import atomic_write_json
 
-        atomic_write_json(FLAGS.json, {"aggregation": m.aggregation, "learning_rate": config.train.learning_rate,
+        atomic_write_json(FLAGS.json, {"layout": FLAGS.layout, "objects": int(train_x[0].shape[1]),
+                                       "aggregation": m.aggregation, "learning_rate": config.train.learning_rate,
                                        "seed": FLAGS.seed, "config": FLAGS.config, "overrides": FLAGS.set,
                                        "epochs": history})
 

@@ -28,7 +28,7 @@ ARENA = 1.0  # walls at +-ARENA
 TIMESTEP = 0.005
 
 
-def scene_xml(positions, links, stiffness=40.0):
+def scene_xml(positions, links, stiffness=2000.0, spring_damping=60.0):
     """MJCF of a scene: balls at `positions` `[n, 2]`, `links` a list of `(i, j, kind)`, kind 'spring' | 'rigid'."""
     balls, tendons, equalities = [], [], []
     for k, (x, y) in enumerate(positions):
@@ -41,7 +41,7 @@ def scene_xml(positions, links, stiffness=40.0):
         )
     for i, j, kind in links:
         rest = float(np.linalg.norm(np.asarray(positions[i]) - np.asarray(positions[j])))
-        spring = f' stiffness="{stiffness}" springlength="{rest:.6f}" damping="0.5"' if kind == "spring" else ""
+        spring = f' stiffness="{stiffness}" springlength="{rest:.6f}" damping="{spring_damping}"' if kind == "spring" else ""
         tendons.append(f'<spatial name="t{i}_{j}"{spring}><site site="s{i}"/><site site="s{j}"/></spatial>')
         if kind == "rigid":
             equalities.append(f'<tendon tendon1="t{i}_{j}" polycoef="{rest:.6f} 0 0 0 0" solref="0.01 1"/>')
@@ -60,26 +60,40 @@ def scene_xml(positions, links, stiffness=40.0):
     )
 
 
-def components(connections):
-    """Number of connected components of a symmetric 0/1 adjacency matrix (singletons count)."""
+def component_labels(connections):
+    """`[n]` int: the connected component of each node of a symmetric 0/1 adjacency matrix, numbered from 0."""
     n = len(connections)
-    seen, count = set(), 0
+    labels = np.full(n, -1)
+    count = 0
     for start in range(n):
-        if start in seen:
+        if labels[start] >= 0:
             continue
-        count += 1
         stack = [start]
         while stack:
             k = stack.pop()
-            if k in seen:
+            if labels[k] >= 0:
                 continue
-            seen.add(k)
-            stack.extend(j for j in range(n) if connections[k][j] and j not in seen)
-    return count
+            labels[k] = count
+            stack.extend(j for j in range(n) if connections[k][j] and labels[j] < 0)
+        count += 1
+    return labels
 
 
-def simulate_scene(seed, index, num_balls=10, frames=16, frame_stride=8, burn_in=20, max_links=None, min_motion=0.05):
-    """One scene: `(observation [n, 2*frames+1], connections [n, n], trajectories [frames, n, 2], links)`."""
+def components(connections):
+    """Number of connected components of a symmetric 0/1 adjacency matrix (singletons count)."""
+    return int(component_labels(connections).max()) + 1 if len(connections) else 0
+
+
+def simulate_scene(seed, index, num_balls=10, frames=16, frame_stride=24, burn_in=100, max_links=None, min_motion=0.05,
+                   stiffness=2000.0, spring_damping=60.0):
+    """One scene: `(observation [n, 2*frames+1], connections [n, n], trajectories [frames, n, 2], links)`.
+
+    `frame_stride` simulation steps of `TIMESTEP` seconds separate two observed frames; `burn_in` steps run before
+    the first, so that the impulses that reconcile the random initial velocities with the rigid constraints have
+    settled. Springs have `stiffness` (N/m, unit masses) and `spring_damping`: stiff and near-critically damped by
+    default, so that a spring-linked pair's distance "remains similar across frames" (the paper's description),
+    within a few per cent, while a rigid pair's is constant and an unlinked pair's varies freely.
+    """
     import mujoco
 
     rng = np.random.default_rng([seed, index])
@@ -94,7 +108,7 @@ def simulate_scene(seed, index, num_balls=10, frames=16, frame_stride=8, burn_in
         pairs = [(i, j) for i in range(num_balls) for j in range(i + 1, num_balls)]
         chosen = rng.choice(len(pairs), size=int(rng.integers(0, max_links + 1)), replace=False)
         links = [(pairs[c][0], pairs[c][1], "spring" if rng.uniform() < 0.5 else "rigid") for c in sorted(chosen)]
-        model = mujoco.MjModel.from_xml_string(scene_xml(positions, links))
+        model = mujoco.MjModel.from_xml_string(scene_xml(positions, links, stiffness, spring_damping))
         data = mujoco.MjData(model)
         data.qvel[:] = rng.uniform(-1.0, 1.0, size=model.nv)
         for _ in range(burn_in):

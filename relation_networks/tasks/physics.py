@@ -28,6 +28,10 @@ class PhysicsData:
     train_scenes: int = 50000
     val_scenes: int = 2000
     test_scenes: int = 5000
+    frame_stride: int = 24  # simulation steps (5 ms each) between observed frames
+    burn_in: int = 100  # simulation steps before the first observed frame
+    stiffness: float = 2000.0  # springs (unit masses)
+    spring_damping: float = 60.0
     workers: int = 0  # simulation processes (0: one per core)
 
 
@@ -96,7 +100,8 @@ class Physics(Task):
     def _directory(self, config, log=print):
         d = config.data
         return physics.prepare(d.dir, d.seed, self._sizes(d), log=log, workers=d.workers or None,
-                               num_balls=d.num_balls, frames=d.frames)
+                               num_balls=d.num_balls, frames=d.frames, frame_stride=d.frame_stride,
+                               burn_in=d.burn_in, stiffness=d.stiffness, spring_damping=d.spring_damping)
 
     def prepare(self, config, log=print):
         self._directory(config, log=log)
