@@ -81,7 +81,7 @@ def main(argv):
     task.prepare(config)
 
     def split(name):
-        records = list(task._images(config, name).as_numpy_iterator())
+        records = list(task.images(config, name).as_numpy_iterator())
         tables = np.stack([r["objects"] for r in records])
         objects = state_objects(tables) if FLAGS.layout == "objects" else grid_objects(tables, FLAGS.grid)
         questions = np.stack([r["questions"] for r in records]).reshape(-1, soc.QUESTION_DIM)

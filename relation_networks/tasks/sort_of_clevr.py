@@ -157,14 +157,17 @@ class SortOfClevr(Task):
             raise DataError(f"Unknown Sort-of-CLEVR split {split!r}; expected one of {', '.join(SPLITS)}.")
         return split
 
-    def _images(self, config, split):
+    def images(self, config, split):
+        """The stored records of a split, one per image: a cached `tf.data.Dataset` of dicts with `image`
+        `[75, 75, 3]` uint8, `questions` `[20, 11]`, `answers` `[20]` and the object table `objects` `[6, 4]`
+        (colour index, centre x, centre y, shape index), as written by `prepare`."""
         self._manifest(config)
         path = os.path.join(self._directory(config.data), f"{self._check_split(split)}.tfrecord")
         return tf.data.TFRecordDataset(path).map(soc.parse_example, num_parallel_calls=tf.data.AUTOTUNE).cache()
 
     def dataset(self, config, split, *, training=False, shuffle=None, seed=0, input_context=None):
         shuffle = training if shuffle is None else shuffle
-        images = self._images(config, split)
+        images = self.images(config, split)
         if shuffle:
             images = images.shuffle(100_000, seed=seed, reshuffle_each_iteration=False)
 
@@ -191,7 +194,7 @@ class SortOfClevr(Task):
         shuffle = config.train.shuffle
         if k == 1:
             return super().training_dataset(config, seed=seed, input_context=input_context)
-        images = self._images(config, "train").enumerate()
+        images = self.images(config, "train").enumerate()
         if shuffle:
             images = images.shuffle(100_000, seed=seed, reshuffle_each_iteration=False)
 
