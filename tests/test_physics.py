@@ -147,5 +147,6 @@ def test_physics_check_tool_separates_linked_pairs(tmp_path):
     assert pairs["rigid link"]["quantiles_5_50_95"][2] < 0.01
     assert pairs["spring link"]["quantiles_5_50_95"][1] < 0.05
     assert pairs["different systems"]["quantiles_5_50_95"][1] > 0.1
+    assert 0.0 <= report["scenes_with_a_cycle"] <= 1.0
     bad = run_tool("physics_check", "--config", "configs/babi.yaml")
     assert bad.returncode == 2 and "not a physics config" in bad.stderr
