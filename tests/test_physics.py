@@ -150,3 +150,10 @@ def test_physics_check_tool_separates_linked_pairs(tmp_path):
     assert 0.0 <= report["scenes_with_a_cycle"] <= 1.0
     bad = run_tool("physics_check", "--config", "configs/babi.yaml")
     assert bad.returncode == 2 and "not a physics config" in bad.stderr
+
+
+def test_bad_simulation_settings_give_one_clear_error(tmp_path):
+    result = run_tool("train", "--config", "configs/physics_count.yaml", "--run_dir", str(tmp_path / "run"),
+                      "--set", f"data.dir={tmp_path}/data", "--set", "data.frame_stride=0")
+    assert result.returncode == 2 and "data.frame_stride must be at least 1" in result.stderr
+    assert not os.path.exists(tmp_path / "data") or not os.listdir(tmp_path / "data")

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from relation_networks import tasks
-from relation_networks.config import choice
+from relation_networks.config import ConfigError, choice
 from relation_networks.data import physics
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
@@ -99,6 +99,10 @@ class Physics(Task):
 
     def _directory(self, config, log=print):
         d = config.data
+        for name, value, low in (("frame_stride", d.frame_stride, 1), ("burn_in", d.burn_in, 0),
+                                 ("stiffness", d.stiffness, 0), ("spring_damping", d.spring_damping, 0)):
+            if value < low:
+                raise ConfigError(f"data.{name} must be at least {low}, got {value}.")
         return physics.prepare(d.dir, d.seed, self._sizes(d), log=log, workers=d.workers or None,
                                num_balls=d.num_balls, frames=d.frames, frame_stride=d.frame_stride,
                                burn_in=d.burn_in, stiffness=d.stiffness, spring_damping=d.spring_damping)
