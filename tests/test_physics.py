@@ -150,6 +150,8 @@ def test_physics_check_tool_separates_linked_pairs(tmp_path):
     assert 0.0 <= report["scenes_with_a_cycle"] <= 1.0
     bad = run_tool("physics_check", "--config", "configs/babi.yaml")
     assert bad.returncode == 2 and "not a physics config" in bad.stderr
+    bad = run_tool("physics_check", "--set", "data.burn_in=-1")
+    assert bad.returncode == 2 and "data.burn_in must be at least 0" in bad.stderr
 
 
 def test_bad_simulation_settings_give_one_clear_error(tmp_path):

@@ -57,6 +57,7 @@ def main(argv):
     from relation_networks import config as config_lib
     from relation_networks.data import physics
     from relation_networks.errors import UserError
+    from relation_networks.tasks.physics import simulation_settings
 
     config = config_lib.load(FLAGS.config, FLAGS.set)
     if config.task != "physics":
@@ -64,8 +65,7 @@ def main(argv):
     if FLAGS.scenes < 1:
         raise UserError(f"--scenes must be at least 1, got {FLAGS.scenes}.")
     d = config.data
-    settings = {"num_balls": d.num_balls, "frames": d.frames, "frame_stride": d.frame_stride, "burn_in": d.burn_in,
-                "stiffness": d.stiffness, "spring_damping": d.spring_damping}
+    settings = simulation_settings(d)
     scenes = []
     for index in range(FLAGS.scenes):
         _, connections, trajectory, links = physics.simulate_scene(d.seed, index, **settings)

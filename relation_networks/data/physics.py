@@ -26,9 +26,15 @@ from relation_networks.errors import DataError
 BALL_RADIUS = 0.08
 ARENA = 1.0  # walls at +-ARENA
 TIMESTEP = 0.005
+# Default simulation settings (the physics task's data config uses the same values): stiff, near-critically damped
+# springs, observed frames FRAME_STRIDE steps apart after BURN_IN steps; see `simulate_scene`.
+FRAME_STRIDE = 24
+BURN_IN = 100
+STIFFNESS = 2000.0
+SPRING_DAMPING = 60.0
 
 
-def scene_xml(positions, links, stiffness=2000.0, spring_damping=60.0):
+def scene_xml(positions, links, stiffness=STIFFNESS, spring_damping=SPRING_DAMPING):
     """MJCF of a scene: balls at `positions` `[n, 2]`, `links` a list of `(i, j, kind)`, kind 'spring' | 'rigid'."""
     balls, tendons, equalities = [], [], []
     for k, (x, y) in enumerate(positions):
@@ -84,8 +90,8 @@ def components(connections):
     return int(component_labels(connections).max()) + 1 if len(connections) else 0
 
 
-def simulate_scene(seed, index, num_balls=10, frames=16, frame_stride=24, burn_in=100, max_links=None, min_motion=0.05,
-                   stiffness=2000.0, spring_damping=60.0):
+def simulate_scene(seed, index, num_balls=10, frames=16, frame_stride=FRAME_STRIDE, burn_in=BURN_IN, max_links=None,
+                   min_motion=0.05, stiffness=STIFFNESS, spring_damping=SPRING_DAMPING):
     """One scene: `(observation [n, 2*frames+1], connections [n, n], trajectories [frames, n, 2], links)`.
 
     `frame_stride` simulation steps of `TIMESTEP` seconds separate two observed frames; `burn_in` steps run before

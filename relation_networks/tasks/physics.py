@@ -28,10 +28,10 @@ class PhysicsData:
     train_scenes: int = 50000
     val_scenes: int = 2000
     test_scenes: int = 5000
-    frame_stride: int = 24  # simulation steps (5 ms each) between observed frames
-    burn_in: int = 100  # simulation steps before the first observed frame
-    stiffness: float = 2000.0  # springs (unit masses)
-    spring_damping: float = 60.0
+    frame_stride: int = physics.FRAME_STRIDE  # simulation steps (5 ms each) between observed frames
+    burn_in: int = physics.BURN_IN  # simulation steps before the first observed frame
+    stiffness: float = physics.STIFFNESS  # springs (unit masses)
+    spring_damping: float = physics.SPRING_DAMPING
     workers: int = 0  # simulation processes (0: one per core)
 
 
@@ -72,6 +72,17 @@ class BallIdentity(keras.layers.Layer):
         return {**super().get_config(), "num_balls": self.num_balls}
 
 
+def simulation_settings(data_config):
+    """The keyword arguments of `physics.simulate_scene` that a data config sets, checked (`ConfigError`)."""
+    d = data_config
+    for name, value, low in (("frame_stride", d.frame_stride, 1), ("burn_in", d.burn_in, 0),
+                             ("stiffness", d.stiffness, 0), ("spring_damping", d.spring_damping, 0)):
+        if value < low:
+            raise ConfigError(f"data.{name} must be at least {low}, got {value}.")
+    return {"num_balls": d.num_balls, "frames": d.frames, "frame_stride": d.frame_stride, "burn_in": d.burn_in,
+            "stiffness": d.stiffness, "spring_damping": d.spring_damping}
+
+
 def build_model(model_config, data_config):
     """Input `balls` float32 `[B, num_balls, 2 * frames + 1]`; output logits: `num_balls**2` connection logits
     (row-major pairs) or `num_balls` system-count logits (count k = class k - 1)."""
@@ -99,13 +110,8 @@ class Physics(Task):
 
     def _directory(self, config, log=print):
         d = config.data
-        for name, value, low in (("frame_stride", d.frame_stride, 1), ("burn_in", d.burn_in, 0),
-                                 ("stiffness", d.stiffness, 0), ("spring_damping", d.spring_damping, 0)):
-            if value < low:
-                raise ConfigError(f"data.{name} must be at least {low}, got {value}.")
         return physics.prepare(d.dir, d.seed, self._sizes(d), log=log, workers=d.workers or None,
-                               num_balls=d.num_balls, frames=d.frames, frame_stride=d.frame_stride,
-                               burn_in=d.burn_in, stiffness=d.stiffness, spring_damping=d.spring_damping)
+                               **simulation_settings(d))
 
     def prepare(self, config, log=print):
         self._directory(config, log=log)
