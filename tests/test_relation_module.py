@@ -174,8 +174,34 @@ def test_mixed_bfloat16():
     layer = _layer()
     objects, question = _inputs()
     out = layer(objects, question=question)
-    assert out.dtype == "bfloat16"
+    assert layer.g_theta[0].compute_dtype == "bfloat16"  # the N^2 pair MLP runs in bfloat16
+    assert out.dtype == "float32"  # the sum over pairs and f_phi run in float32
     assert layer.g_kernel.dtype == "float32"
+
+
+@pytest.mark.parametrize("aggregation", ["sum", "mean"])
+@pytest.mark.parametrize("pair_chunk_size", [None, 7])
+def test_mixed_bfloat16_keeps_one_pair_in_the_sum(aggregation, pair_chunk_size):
+    # 625 pairs, as for a 5x5 CNN grid: removing one pair must change the output as it does in float32.
+    # A bfloat16 sum resolves ~0.4% of its size, more than one pair in 625, which hid the pair that answers.
+    objects, question = _inputs(batch=2, n=25, d=8)
+    drop_one = np.ones((2, 25, 25), "float32")
+    drop_one[:, 3, 11] = 0.0
+    every = np.ones((2, 25, 25), "float32")
+    effects = {}
+    for policy in ("float32", "mixed_bfloat16"):
+        keras.config.set_dtype_policy(policy)
+        layer = _layer(g_units=[32, 32], f_units=[4], aggregation=aggregation, pair_chunk_size=pair_chunk_size)
+        layer(objects, question=question, pair_mask=every)
+        if policy == "float32":
+            weights = layer.get_weights()
+        else:
+            layer.set_weights(weights)
+        outputs = [layer(objects, question=question, pair_mask=m).numpy() for m in (every, drop_one)]
+        effects[policy] = outputs[0] - outputs[1]
+    scale = np.abs(effects["float32"]).max()
+    assert scale > 0
+    np.testing.assert_allclose(effects["mixed_bfloat16"], effects["float32"], atol=0.05 * scale)
 
 
 @pytest.mark.parametrize(
@@ -211,7 +237,8 @@ def test_mixed_precision_model_reloads_under_float32_policy(tmp_path):
     keras.config.set_dtype_policy("float32")
     restored = keras.models.load_model(path)
     layer = restored.layers[-1]
-    assert {l.compute_dtype for l in layer.g_theta + layer.f_phi} == {"bfloat16"}
+    assert {l.compute_dtype for l in layer.g_theta} == {"bfloat16"}
+    assert {l.compute_dtype for l in layer.f_phi} == {"float32"}
     objects, question = _inputs()
     out, relations = layer(objects, question=question, return_relations=True)
     np.testing.assert_allclose(restored([objects, question]).numpy(), model([objects, question]).numpy(), rtol=1e-2, atol=1e-2)

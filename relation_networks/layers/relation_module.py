@@ -111,23 +111,31 @@ class RelationModule(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
 
-        # Sub-layers share this layer's dtype policy (not the global one), so a mixed-precision model reloads intact.
-        dense = dict(kernel_initializer=self.kernel_initializer, bias_initializer=self.bias_initializer, dtype=self.dtype_policy)
+        # g_theta shares this layer's dtype policy (not the global one), so a mixed-precision model reloads intact.
+        # The sum over pairs and f_phi run in the variable dtype (float32 under a mixed policy): in bfloat16 (8-bit
+        # mantissa) a sum of N^2 relations is rounded to ~0.4% of its size, which for 625 pairs is more than one
+        # pair's whole contribution, so the one relation that answers the question would be lost in rounding.
+        # f_phi sees one vector per example, so this costs almost nothing.
+        self._aggregate_dtype = self.dtype_policy.variable_dtype
+        init = dict(kernel_initializer=self.kernel_initializer, bias_initializer=self.bias_initializer)
         self.g_theta = [
-            keras.layers.Dense(units, activation=self.activation, name=f"g_theta_{k}", **dense)
+            keras.layers.Dense(units, activation=self.activation, name=f"g_theta_{k}", dtype=self.dtype_policy, **init)
             for k, units in enumerate(self.g_units[1:], start=1)
         ]
+        f_dtype = self._aggregate_dtype
         self.f_phi = [
-            keras.layers.Dense(units, activation=self.activation, name=f"f_phi_{k}", **dense)
+            keras.layers.Dense(units, activation=self.activation, name=f"f_phi_{k}", dtype=f_dtype, **init)
             for k, units in enumerate(self.f_units[:-1])
         ]
-        self.f_phi.append(keras.layers.Dense(self.f_units[-1], name=f"f_phi_{len(self.f_units) - 1}", **dense))
+        self.f_phi.append(
+            keras.layers.Dense(self.f_units[-1], name=f"f_phi_{len(self.f_units) - 1}", dtype=f_dtype, **init)
+        )
         self.norm = None
         if aggregate_norm == "batch":
-            self.norm = keras.layers.BatchNormalization(momentum=0.9, name="aggregate_norm", dtype=self.dtype_policy)
+            self.norm = keras.layers.BatchNormalization(momentum=0.9, name="aggregate_norm", dtype=f_dtype)
         elif aggregate_norm == "layer":
-            self.norm = keras.layers.LayerNormalization(name="aggregate_norm", dtype=self.dtype_policy)
-        self.f_dropout = keras.layers.Dropout(self.dropout, name="f_phi_dropout", dtype=self.dtype_policy)
+            self.norm = keras.layers.LayerNormalization(name="aggregate_norm", dtype=f_dtype)
+        self.f_dropout = keras.layers.Dropout(self.dropout, name="f_phi_dropout", dtype=f_dtype)
 
     def build(self, objects_shape, question_shape=None, object_mask_shape=None, pair_mask_shape=None):
         if len(objects_shape) != 3 or objects_shape[-1] is None:
@@ -230,7 +238,8 @@ class RelationModule(keras.layers.Layer):
             rows = rows_all[:, start : start + chunk]
             q = question if self._question_dim else None
             relations = self._pair_block(left_rows, right, rows, objects, q)
-            return tf.reduce_sum(relations * weights[:, start : start + chunk, :, None], axis=[1, 2])
+            weighted = relations * weights[:, start : start + chunk, :, None]
+            return tf.reduce_sum(tf.cast(weighted, self._aggregate_dtype), axis=[1, 2])
 
         @tf.custom_gradient
         def chunked(left, right, rows_all, objects, question, weights):
@@ -238,7 +247,7 @@ class RelationModule(keras.layers.Layer):
             total = tf.while_loop(
                 lambda k, acc: k < blocks,
                 lambda k, acc: (k + 1, acc + block(k, left, right, rows_all, objects, question, weights)),
-                (tf.constant(0), tf.zeros((batch, width), left.dtype)),
+                (tf.constant(0), tf.zeros((batch, width), self._aggregate_dtype)),
                 parallel_iterations=1,
             )[1]
 
@@ -291,7 +300,7 @@ class RelationModule(keras.layers.Layer):
             relations = self._pair_block(left, right, objects, objects, question)
             if weights is not None:
                 relations = relations * ops.expand_dims(weights, -1)
-            aggregate = ops.sum(relations, axis=(1, 2))
+            aggregate = ops.sum(ops.cast(relations, self._aggregate_dtype), axis=(1, 2))
         else:
             if n_static is None:
                 raise ValueError("RelationModule: pair_chunk_size needs a static number of objects (shape[1]).")
@@ -302,9 +311,9 @@ class RelationModule(keras.layers.Layer):
 
         if self.aggregation == "mean":
             if weights is None:
-                count = ops.cast(ops.shape(objects)[1] ** 2, self.compute_dtype)
+                count = ops.cast(ops.shape(objects)[1] ** 2, self._aggregate_dtype)
             else:
-                count = ops.maximum(ops.sum(weights, axis=(1, 2)), 1.0)[:, None]
+                count = ops.maximum(ops.sum(ops.cast(weights, self._aggregate_dtype), axis=(1, 2)), 1.0)[:, None]
             aggregate = aggregate / count
 
         h = aggregate if self.norm is None else self.norm(aggregate, training=training)
