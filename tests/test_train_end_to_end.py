@@ -160,6 +160,24 @@ def test_probe_state_tool(trained_run, tmp_path):
     assert bad.returncode == 2 and "not a Sort-of-CLEVR" in bad.stderr
 
 
+def test_probe_state_pixels_layout_keeps_only_the_chosen_questions(trained_run, tmp_path):
+    _, data_dir, _ = trained_run
+    out = tmp_path / "pixels.json"
+    sets = [a for o in tiny_sort_of_clevr_overrides(data_dir) for a in ("--set", o)]
+    result = run_tool("probe_state", *sets, "--layout", "pixels", "--colours", "red,blue", "--subtypes", "shape,count",
+                      "--epochs", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out) as f:
+        report = json.load(f)
+    assert report["layout"] == "pixels" and report["model"] == "rn"
+    assert set(report["epochs"][0]) - {"epoch", "seconds"} <= {"shape", "count"}
+    # 20 questions per image, 2 of 6 colours, 2 of 6 subtypes (each drawn uniformly): about 1/9 of them
+    images = int(next(o for o in tiny_sort_of_clevr_overrides(data_dir) if o.startswith("data.train_images=")).split("=")[1])
+    assert 0 < report["training_questions"] < 20 * images / 3
+    bad = run_tool("probe_state", *sets, "--layout", "pixels", "--colours", "purple")
+    assert bad.returncode == 2 and "Unknown --colours purple" in bad.stderr
+
+
 def test_probe_state_grid_layout_places_each_object_in_its_cell(trained_run, tmp_path):
     import importlib
     import sys

@@ -2,12 +2,18 @@
 
     python tools/probe_state.py [--config configs/sort_of_clevr.yaml] [--set model.aggregation=sum]
                                 [--set train.learning_rate=1e-3] [--epochs 2] [--json out.json]
+                                [--layout objects|grid|pixels] [--colours red] [--subtypes shape]
 
 Trains only the config's RelationModule (same g_theta, f_phi and precision; no CNN) on the stored object tables of
 the training images -- each object is its colour one-hot, centre (x, y) scaled to [-1, 1] and shape -- and prints
 the validation accuracy per question subtype after every epoch. With objects this clean, what the relation module
 needs to learn is the binding of the question's colour to an object; comparing settings here (mean vs sum over
 the pairs, learning rate) separates how fast the RN binds from how fast the CNN learns features.
+
+`--layout pixels` trains the config's whole model (CNN+RN, or CNN+MLP with an `_mlp` config) on the images
+instead, and `--colours` / `--subtypes` keep only the questions about those colours / of those subtypes (in
+training and validation), e.g. `--layout pixels --colours red --subtypes shape` asks whether the CNN can see shapes
+at all when no binding to the question's colour is needed.
 """
 
 import time
@@ -22,11 +28,14 @@ flags.DEFINE_integer("epochs", 2, "Passes over the training questions.")
 flags.DEFINE_integer("batch_size", 64, "Questions per step.")
 flags.DEFINE_integer("seed", 0, "Initialisation and shuffling seed.")
 flags.DEFINE_string("json", None, "Also write the per-epoch accuracies here.")
-flags.DEFINE_enum("layout", "objects", ["objects", "grid"],
+flags.DEFINE_enum("layout", "objects", ["objects", "grid", "pixels"],
                   "objects: the 6 objects; grid: the objects placed in a GRID x GRID grid of cells, like the CNN's "
                   "feature map (each cell: its (row, col) tag plus the features of the object centred in it, or "
-                  "zeros), so the probe sees as many pairs as the CNN+RN with perfect features.")
+                  "zeros), so the probe sees as many pairs as the CNN+RN with perfect features; pixels: the images, "
+                  "through the config's whole model (CNN and all).")
 flags.DEFINE_integer("grid", 5, "Cells per side for --layout grid (the default CNN gives 5 x 5).")
+flags.DEFINE_list("colours", [], "Keep only questions about these colours (default: all).")
+flags.DEFINE_list("subtypes", [], "Keep only questions of these subtypes (default: all).")
 
 
 def state_objects(objects):
@@ -75,46 +84,75 @@ def main(argv):
     from relation_networks.tasks.sort_of_clevr import relation_module
 
     config = config_lib.load(FLAGS.config, FLAGS.set)
-    if config.task != "sort_of_clevr" or config.model.type != "rn":
+    pixels = FLAGS.layout == "pixels"
+    if config.task != "sort_of_clevr" or (config.model.type != "rn" and not pixels):
         raise UserError(f"{FLAGS.config} is not a Sort-of-CLEVR CNN+RN config; the state probe needs one.")
+    for name, values, known in (("colours", FLAGS.colours, soc.COLORS), ("subtypes", FLAGS.subtypes, soc.SUBTYPE_NAMES)):
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise UserError(f"Unknown --{name} {', '.join(unknown)}; expected some of {', '.join(known)}.")
     task = tasks.get("sort_of_clevr")
     task.prepare(config)
 
     def split(name):
         records = list(task.images(config, name).as_numpy_iterator())
-        tables = np.stack([r["objects"] for r in records])
-        objects = state_objects(tables) if FLAGS.layout == "objects" else grid_objects(tables, FLAGS.grid)
+        if pixels:
+            objects = np.stack([r["image"] for r in records])
+        else:
+            tables = np.stack([r["objects"] for r in records])
+            objects = state_objects(tables) if FLAGS.layout == "objects" else grid_objects(tables, FLAGS.grid)
         questions = np.stack([r["questions"] for r in records]).reshape(-1, soc.QUESTION_DIM)
         answers = np.stack([r["answers"] for r in records]).reshape(-1)
-        return [np.repeat(objects, soc.QUESTIONS_PER_IMAGE, axis=0), questions], answers
+        keep = np.ones(len(answers), bool)
+        if FLAGS.colours:
+            keep &= np.isin(questions[:, :soc.NUM_OBJECTS].argmax(-1), [soc.COLORS.index(c) for c in FLAGS.colours])
+        if FLAGS.subtypes:
+            keep &= np.isin(soc.subtype_index(questions), [soc.SUBTYPE_NAMES.index(s) for s in FLAGS.subtypes])
+        image_of_question = np.flatnonzero(keep) // soc.QUESTIONS_PER_IMAGE
+        return [objects[image_of_question], questions[keep]], answers[keep]
 
     (train_x, train_y), (val_x, val_y) = split("train"), split("val")
+    if not len(train_y) or not len(val_y):
+        raise UserError("No training or validation questions are left after --colours / --subtypes.")
     keras.mixed_precision.set_global_policy(config.train.precision)
     keras.utils.set_random_seed(FLAGS.seed)
     m = config.model
-    objects = keras.Input(train_x[0].shape[1:], name="objects")
-    question = keras.Input((soc.QUESTION_DIM,), name="question")
-    logits = keras.layers.Activation("linear", dtype="float32")(relation_module(m)(objects, question=question))
-    model = keras.Model([objects, question], logits)
+    if pixels:
+        from relation_networks.tasks.sort_of_clevr import build_model
+
+        model = build_model(m)  # inputs {"image", "question"}
+    else:
+        objects = keras.Input(train_x[0].shape[1:], name="objects")
+        question = keras.Input((soc.QUESTION_DIM,), name="question")
+        logits = keras.layers.Activation("linear", dtype="float32")(relation_module(m)(objects, question=question))
+        model = keras.Model({"objects": objects, "question": question}, logits)
     model.compile(keras.optimizers.Adam(config.train.learning_rate),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    def feed(x):
+        return {"image" if pixels else "objects": x[0], "question": x[1]}
+
     history = []
-    print(f"State-description probe ({FLAGS.layout}, {train_x[0].shape[1]} objects): aggregation={m.aggregation}, Adam {config.train.learning_rate:g}, "
-          f"g {m.g_units}, f {m.f_units}, {config.train.precision}, batch {FLAGS.batch_size}, seed {FLAGS.seed}")
+    inputs = "images" if pixels else f"{train_x[0].shape[1]} objects"
+    print(f"State-description probe ({FLAGS.layout}, {inputs}, {len(train_y)} training questions): model {m.type}, "
+          f"aggregation={m.aggregation}, Adam {config.train.learning_rate:g}, g {m.g_units}, f {m.f_units}, "
+          f"{config.train.precision}, batch {FLAGS.batch_size}, seed {FLAGS.seed}")
     start = time.time()
     for epoch in range(1, FLAGS.epochs + 1):
-        model.fit(train_x, train_y, batch_size=FLAGS.batch_size, epochs=1, shuffle=True, verbose=0)
-        correct = model.predict(val_x, batch_size=1000, verbose=0).argmax(-1) == val_y
+        model.fit(feed(train_x), train_y, batch_size=FLAGS.batch_size, epochs=1, shuffle=True, verbose=0)
+        correct = model.predict(feed(val_x), batch_size=1000 if not pixels else 250, verbose=0).argmax(-1) == val_y
         groups = grouped_accuracy(correct, soc.subtype_index(val_x[1]), soc.SUBTYPE_NAMES)
+        asked = [name for name in soc.SUBTYPE_NAMES if name in groups]
         row = {"epoch": epoch, "seconds": round(time.time() - start, 1),
-               **{name: groups[name]["accuracy"] for name in soc.SUBTYPE_NAMES}}
+               **{name: groups[name]["accuracy"] for name in asked}}
         history.append(row)
         print(f"epoch {epoch} ({row['seconds']:.0f} s): " + "  ".join(
-            f"{name} {100 * row[name]:.1f}%" for name in soc.SUBTYPE_NAMES), flush=True)
+            f"{name} {100 * row[name]:.1f}%" for name in asked), flush=True)
     if FLAGS.json:
         from relation_networks.io import atomic_write_json
 
-        atomic_write_json(FLAGS.json, {"layout": FLAGS.layout, "objects": int(train_x[0].shape[1]),
+        atomic_write_json(FLAGS.json, {"layout": FLAGS.layout, "objects": None if pixels else int(train_x[0].shape[1]),
+                                       "model": m.type, "colours": FLAGS.colours, "subtypes": FLAGS.subtypes,
+                                       "training_questions": int(len(train_y)),
                                        "aggregation": m.aggregation, "learning_rate": config.train.learning_rate,
                                        "seed": FLAGS.seed, "config": FLAGS.config, "overrides": FLAGS.set,
                                        "epochs": history})

@@ -32,6 +32,10 @@ class RelationModule(keras.layers.Layer):
     `N*D*H` instead of `N^2*(2D+Q)*H` multiply-adds and never materialises the `[B, N, N, 2D+Q]` pair tensor.
     Both modes share the same weights, so a trained layer can be switched between them.
 
+    Under a mixed precision policy (e.g. `"mixed_bfloat16"`), `g_theta` -- the `N^2` cost -- runs in the compute
+    dtype, while the sum over pairs and `f_phi` run in the variable dtype (float32): a bfloat16 sum of 625
+    relations is rounded to ~0.4% of its size, more than one pair's whole contribution.
+
     Args:
         g_units: list of ints, the widths of the layers of `g_theta`; every layer is followed by `activation`.
             The last entry is the width of each pair relation.
@@ -65,7 +69,8 @@ class RelationModule(keras.layers.Layer):
         return_relations: overrides the constructor argument for this call.
 
     Returns:
-        `[batch, f_units[-1]]` (and the relations, see `return_relations`).
+        `[batch, f_units[-1]]` in the variable dtype (and the relations, in the compute dtype, see
+        `return_relations`).
     """
 
     def __init__(
