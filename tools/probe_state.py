@@ -128,7 +128,9 @@ def main(argv):
         model = keras.Model({"objects": objects, "question": question}, logits)
     model.compile(keras.optimizers.Adam(config.train.learning_rate),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
     def feed(x):
+        """The model's input dict for `[objects or images, questions]`."""
         return {"image" if pixels else "objects": x[0], "question": x[1]}
 
     history = []
