@@ -44,6 +44,9 @@ class TrainConfig:
     lr_min_fraction: float = 0.0
     lr_doublings: int = 0
     lr_doubling_epochs: float = 20.0
+    # Per-layer learning-rate factors, e.g. {cnn: 0.2}: keys are layer paths (the leading names of a variable's
+    # path, e.g. `cnn` or `relation_module/g_theta_0`); see `relation_networks.optimizers.LayerwiseAdam`.
+    lr_multipliers: typing.Dict[str, float] = dataclasses.field(default_factory=dict)
     precision: str = choice("float32", ("float32", "mixed_bfloat16"))
     jit_compile: bool = False
     shuffle: bool = True  # shuffle the training data (seeded per epoch); off only for equivalence tests
@@ -76,6 +79,8 @@ def _type_name(tp):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin in (list, typing.List):
         return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin in (dict, typing.Dict):
+        return f"mapping of {' to '.join(_type_name(a) for a in typing.get_args(tp))}"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -92,6 +97,12 @@ def _convert(value, tp, key, where, choices=None):
             raise ConfigError(f"{where}: '{key}' must be a {_type_name(tp)}, got {value!r}.")
         (inner,) = typing.get_args(tp)
         return [_convert(v, inner, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin in (dict, typing.Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a {_type_name(tp)}, got {value!r}.")
+        key_type, value_type = typing.get_args(tp)
+        return {_convert(k, key_type, f"{key} key", where): _convert(v, value_type, f"{key}.{k}", where)
+                for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return _from_dict(tp, value, key, where)
     if tp is bool:

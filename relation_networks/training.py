@@ -25,6 +25,7 @@ from relation_networks import config as config_lib
 from relation_networks import distribute, tasks
 from relation_networks.errors import UserError
 from relation_networks.io import atomic_path, atomic_write_json
+from relation_networks.optimizers import LayerwiseAdam
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
@@ -182,9 +183,6 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
     train_cfg = config.train
     keras.utils.set_random_seed(config.seed)
     task.prepare(config, log=log)
-    os.makedirs(out_dir, exist_ok=True)
-    if is_chief:
-        config_lib.save(config, os.path.join(out_dir, CONFIG_FILE))
 
     replicas = strategy.num_replicas_in_sync
     global_batch = train_cfg.batch_size * num_workers
@@ -202,8 +200,14 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
 
     with strategy.scope():
         model = task.build_model(config)
-        optimizer = keras.optimizers.Adam(make_learning_rate(train_cfg, steps_per_epoch, total_steps))
+        optimizer = LayerwiseAdam(
+            make_learning_rate(train_cfg, steps_per_epoch, total_steps), lr_multipliers=train_cfg.lr_multipliers
+        )
         optimizer.build(model.trainable_variables)
+    # Only now, with the config known to build a model and an optimizer, is the run directory written.
+    os.makedirs(out_dir, exist_ok=True)
+    if is_chief:
+        config_lib.save(config, os.path.join(out_dir, CONFIG_FILE))
     train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
     checkpoint = make_checkpoint(model, optimizer, train_seconds=train_seconds)
     # Every worker restores from the chief's checkpoints (the run directory, shared storage on a real cluster);

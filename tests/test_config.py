@@ -35,6 +35,13 @@ def test_overrides(tmp_path):
     assert config.run_dir == "/tmp/x"
 
 
+def test_lr_multipliers_from_file_and_override(tmp_path):
+    path = _write(tmp_path, "task: sort_of_clevr\ntrain: {lr_multipliers: {relation_module: 2}}\n")
+    config = config_lib.load(path, ["train.lr_multipliers.cnn=0.2"])
+    assert config.train.lr_multipliers == {"relation_module": 2.0, "cnn": 0.2}
+    assert config_lib.load(_write(tmp_path, "task: sort_of_clevr\n", "b.yaml")).train.lr_multipliers == {}
+
+
 @pytest.mark.parametrize(
     "text, overrides, message",
     [
@@ -50,6 +57,8 @@ def test_overrides(tmp_path):
         ("task: sort_of_clevr\n", ["train.epochs"], r"expected KEY=VALUE"),
         ("task: sort_of_clevr\ntrain: [1, 2]\n", [], r"'train' must be a mapping"),
         ("task: [sort_of_clevr\n", [], r"not valid YAML"),
+        ("task: sort_of_clevr\ntrain: {lr_multipliers: 0.2}\n", [], r"'train.lr_multipliers' must be a mapping"),
+        ("task: sort_of_clevr\n", ["train.lr_multipliers.cnn=fast"], r"'train.lr_multipliers.cnn' must be a float"),
     ],
 )
 def test_errors_name_the_key_and_file(tmp_path, text, overrides, message):

@@ -76,6 +76,18 @@ def test_bad_config_is_one_clear_error(args, message):
     assert "Traceback" not in result.stderr
 
 
+def test_misspelt_lr_multiplier_layer_fails_before_writing_the_run(trained_run, tmp_path):
+    _, data_dir, _ = trained_run
+    run_dir = tmp_path / "run"
+    args = ["--config", "configs/sort_of_clevr.yaml", "--set", "train.lr_multipliers.cnnn=0.5"]
+    for o in tiny_sort_of_clevr_overrides(data_dir, str(run_dir)):
+        args += ["--set", o]
+    result = run_tool("train", *args)
+    assert result.returncode == 2
+    assert "no trainable variable under 'cnnn'" in result.stderr and "Traceback" not in result.stderr
+    assert not run_dir.exists()
+
+
 def test_evaluate_missing_run_is_one_clear_error(tmp_path):
     result = run_tool("evaluate", "--run", str(tmp_path / "nothing"))
     assert result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr

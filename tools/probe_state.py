@@ -126,7 +126,9 @@ def main(argv):
         question = keras.Input((soc.QUESTION_DIM,), name="question")
         logits = keras.layers.Activation("linear", dtype="float32")(relation_module(m)(objects, question=question))
         model = keras.Model({"objects": objects, "question": question}, logits)
-    model.compile(keras.optimizers.Adam(config.train.learning_rate),
+    from relation_networks.optimizers import LayerwiseAdam
+
+    model.compile(LayerwiseAdam(config.train.learning_rate, lr_multipliers=config.train.lr_multipliers),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
     def feed(x):
