@@ -86,3 +86,26 @@ def test_group_size_must_divide_the_questions(data_dir, size):
     config = _config(data_dir, f"data.group_questions={size}")
     with pytest.raises(ConfigError, match="group_questions must divide the 20 questions"):
         TASK.training_dataset(config)
+
+
+def test_report_breaks_accuracy_down_by_question_colour(data_dir):
+    config = _config(data_dir, "data.val_images=6")
+    truth = {}
+    for features, answer in TASK.dataset(config, "val"):
+        truth[features["image"].numpy().tobytes() + features["question"].numpy().tobytes()] = int(answer)
+
+    def right_about_red_only(batch):
+        logits = np.zeros((len(batch["question"]), len(soc.ANSWERS)), np.float32)
+        for row, (image, question) in enumerate(zip(batch["image"], batch["question"])):
+            answer = truth[image.tobytes() + question.tobytes()]
+            red = question[: soc.NUM_OBJECTS].argmax() == soc.COLORS.index("red")
+            logits[row, answer if red else (answer + 1) % len(soc.ANSWERS)] = 1.0
+        return logits
+
+    report = TASK.evaluate(right_about_red_only, config, "val", batch_size=32)
+    by_colour = report.extra["accuracy_by_colour"]
+    assert set(by_colour) <= set(soc.SUBTYPE_NAMES) and by_colour
+    for subtype, colours in by_colour.items():
+        for colour, accuracy in colours.items():
+            assert accuracy == (1.0 if colour == "red" else 0.0), (subtype, colour)
+    assert any("red" in colours for colours in by_colour.values())

@@ -253,4 +253,13 @@ class SortOfClevr(Task):
             value = mean_of_groups(groups, names)
             if value is not None:
                 metrics[key] = value
-        return self.report(config, split, len(labels), metrics, groups)
+        # Per subtype and question colour: a model that has not bound the question's colour to an object is
+        # near its prior for every colour; one that has is not (JSON only; the printed table skips it).
+        colours = features["question"][:, : soc.NUM_OBJECTS].argmax(-1)
+        subtypes = soc.subtype_index(features["question"])
+        by_colour = {
+            name: {c: g["accuracy"] for c, g in grouped_accuracy(correct[subtypes == k], colours[subtypes == k], soc.COLORS).items()}
+            for k, name in enumerate(soc.SUBTYPE_NAMES)
+            if (subtypes == k).any()
+        }
+        return self.report(config, split, len(labels), metrics, groups, extra={"accuracy_by_colour": by_colour})
