@@ -159,3 +159,30 @@ def test_bad_simulation_settings_give_one_clear_error(tmp_path):
                       "--set", f"data.dir={tmp_path}/data", "--set", "data.frame_stride=0")
     assert result.returncode == 2 and "data.frame_stride must be at least 1" in result.stderr
     assert not os.path.exists(tmp_path / "data") or not os.listdir(tmp_path / "data")
+
+
+@pytest.mark.parametrize("precise", [True, False])
+def test_precise_first_layer_sees_a_tiny_change_in_one_coordinate(precise):
+    # Under mixed bfloat16, a coordinate near 0.5 is rounded to steps of 2^-9 ~ 0.002; a link's distance changes
+    # far less than that. With model.precise_first_layer the RN's output moves when one coordinate moves by 1e-4.
+    import keras
+
+    from relation_networks import config as config_lib
+    from relation_networks.tasks.physics import build_model
+
+    config = config_lib.load("configs/physics_connections.yaml", [
+        "model.g_units=[32,32]", "model.f_units=[16]", f"model.precise_first_layer={str(precise).lower()}"])
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = build_model(config.model, config.data)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    balls = np.zeros((1, 10, 33), np.float32)
+    balls[..., :32] = 0.5 + 0.01 * np.random.default_rng(0).normal(size=(1, 10, 32))
+    balls[..., 32] = np.arange(10) / 9
+    moved = balls.copy()
+    moved[0, 3, 5] += 1e-4
+    change = np.abs(keras.ops.convert_to_numpy(model(moved)) - keras.ops.convert_to_numpy(model(balls))).max()
+    assert (change > 0) == precise

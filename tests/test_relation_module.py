@@ -204,6 +204,38 @@ def test_mixed_bfloat16_keeps_one_pair_in_the_sum(aggregation, pair_chunk_size):
     np.testing.assert_allclose(effects["mixed_bfloat16"], effects["float32"], atol=0.05 * scale)
 
 
+@pytest.mark.parametrize("factorized, pair_chunk_size", [(True, None), (False, None), (True, 2)])
+def test_precise_first_layer_keeps_small_differences_between_objects(factorized, pair_chunk_size):
+    # Objects that differ by 1e-3 around a common offset of 1, as the coordinates of two balls whose distance
+    # barely changes, and a first layer that looks at o_i - o_j (W_j = -W_i): in bfloat16 the objects round to the
+    # offset (spacing 2^-7 near 1) and every pair looks alike; the precise first layer keeps the differences.
+    rng = np.random.default_rng(0)
+    objects = (1.0 + 1e-3 * rng.normal(size=(2, 6, 4))).astype("float32")
+    relations = {}
+    for policy, precise in (("float32", False), ("mixed_bfloat16", True), ("mixed_bfloat16", False)):
+        keras.config.set_dtype_policy(policy)
+        layer = _layer(g_units=[16, 8], f_units=[3], precise_first_layer=precise, factorized=factorized,
+                       pair_chunk_size=pair_chunk_size)
+        layer(objects)
+        if policy == "float32":
+            kernel = layer.g_kernel.numpy()
+            kernel[4:] = -kernel[:4]
+            weights = [kernel] + layer.get_weights()[1:]
+        layer.set_weights(weights)
+        _, r = layer(objects, return_relations=True)
+        relations[(policy, precise)] = np.asarray(r, np.float32)
+    reference = relations[("float32", False)]
+    spread = reference.std()
+    assert spread > 0
+    np.testing.assert_allclose(relations[("mixed_bfloat16", True)], reference, atol=0.05 * spread)
+    assert np.abs(relations[("mixed_bfloat16", False)] - reference).max() > 0.5 * spread  # what it fixes
+
+
+def test_precise_first_layer_round_trips():
+    layer = _layer(precise_first_layer=True)
+    assert RelationModule.from_config(layer.get_config()).precise_first_layer
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -34,7 +34,8 @@ class RelationModule(keras.layers.Layer):
 
     Under a mixed precision policy (e.g. `"mixed_bfloat16"`), `g_theta` -- the `N^2` cost -- runs in the compute
     dtype, while the sum over pairs and `f_phi` run in the variable dtype (float32): a bfloat16 sum of 625
-    relations is rounded to ~0.4% of its size, more than one pair's whole contribution.
+    relations is rounded to ~0.4% of its size, more than one pair's whole contribution. With
+    `precise_first_layer=True` the first layer of `g_theta` and its activation run in the variable dtype too.
 
     Args:
         g_units: list of ints, the widths of the layers of `g_theta`; every layer is followed by `activation`.
@@ -54,6 +55,12 @@ class RelationModule(keras.layers.Layer):
             `f_phi` (BatchNormalization with momentum 0.9, or LayerNormalization). Batch normalisation removes the
             part of the aggregate that every example shares (the many pairs that do not matter to the question),
             so `f_phi` sees the part that varies from the start.
+        precise_first_layer: under a mixed precision policy, compute the first layer of `g_theta` (objects,
+            kernel, the pair sums `W_i o_i + W_j o_j` and the activation) in the variable dtype (float32) and only
+            then cast to the compute dtype. For objects whose *differences* carry the signal, e.g. coordinates of
+            two balls whose distance barely changes: in bfloat16 each coordinate, and each half of the pair sum,
+            is rounded to ~0.4% of its size, which drowns a difference much smaller than that. Costs one float32
+            `[B, N, N, g_units[0]]` addition; no effect under a float32 policy.
         return_relations: if True the layer returns `(output, relations)` where `relations` holds every pair's
             `g_theta` output, `[batch, N, N, g_units[-1]]`, zero for masked pairs. Can also be given per call.
         kernel_initializer, bias_initializer: initialisers of every dense kernel / bias.
@@ -84,6 +91,7 @@ class RelationModule(keras.layers.Layer):
         pair_chunk_size=None,
         return_relations=False,
         aggregate_norm=None,
+        precise_first_layer=False,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         **kwargs,
@@ -122,6 +130,8 @@ class RelationModule(keras.layers.Layer):
         # pair's whole contribution, so the one relation that answers the question would be lost in rounding.
         # f_phi sees one vector per example, so this costs almost nothing.
         self._aggregate_dtype = self.dtype_policy.variable_dtype
+        self.precise_first_layer = bool(precise_first_layer)
+        self._first_dtype = self._aggregate_dtype if self.precise_first_layer else self.dtype_policy.compute_dtype
         init = dict(kernel_initializer=self.kernel_initializer, bias_initializer=self.bias_initializer)
         self.g_theta = [
             keras.layers.Dense(units, activation=self.activation, name=f"g_theta_{k}", dtype=self.dtype_policy, **init)
@@ -174,13 +184,19 @@ class RelationModule(keras.layers.Layer):
             layer.build((None, width))
             width = layer.units
 
+    @property
+    def input_dtype(self):
+        """Keras casts float inputs to this before `call`: the first layer's dtype, so that a precise first layer
+        sees the objects unrounded."""
+        return self._first_dtype
+
     # -- the pieces of equation (1) -------------------------------------------------------------------------
 
     def _first_layer_terms(self, objects, question):
         """Per-object halves of g's first layer: `W_i o_i + W_q q + b` `[B, N, H]` and `W_j o_j` `[B, N, H]`."""
         d = self._object_dim
-        kernel = ops.cast(self.g_kernel, self.compute_dtype)
-        left = ops.matmul(objects, kernel[:d]) + ops.cast(self.g_bias, self.compute_dtype)
+        kernel = ops.cast(self.g_kernel, self._first_dtype)
+        left = ops.matmul(objects, kernel[:d]) + ops.cast(self.g_bias, self._first_dtype)
         right = ops.matmul(objects, kernel[d : 2 * d])
         if question is not None:
             left = left + ops.expand_dims(ops.matmul(question, kernel[2 * d :]), 1)
@@ -198,13 +214,13 @@ class RelationModule(keras.layers.Layer):
                 ops.broadcast_to(question[:, None, None, :], (ops.shape(rows)[0], r, n, self._question_dim))
             )
         pairs = ops.concatenate(parts, axis=-1)
-        kernel = ops.cast(self.g_kernel, self.compute_dtype)
-        return ops.matmul(pairs, kernel) + ops.cast(self.g_bias, self.compute_dtype)
+        kernel = ops.cast(self.g_kernel, self._first_dtype)
+        return ops.matmul(pairs, kernel) + ops.cast(self.g_bias, self._first_dtype)
 
     def _g_theta(self, pre_activation):
         """The rest of g_theta on a `[B, r, N, H0]` block of first-layer pre-activations -> `[B, r, N, Hg]`."""
         shape = ops.shape(pre_activation)
-        h = ops.reshape(self.activation(pre_activation), (-1, self.g_units[0]))
+        h = ops.cast(ops.reshape(self.activation(pre_activation), (-1, self.g_units[0])), self.compute_dtype)
         for layer in self.g_theta:
             h = layer(h)
         return ops.reshape(h, (shape[0], shape[1], shape[2], self.g_units[-1]))
@@ -294,9 +310,9 @@ class RelationModule(keras.layers.Layer):
 
     def call(self, objects, question=None, object_mask=None, pair_mask=None, training=None, return_relations=None):
         return_relations = self.return_relations if return_relations is None else return_relations
-        objects = ops.cast(objects, self.compute_dtype)
+        objects = ops.cast(objects, self._first_dtype)
         if question is not None:
-            question = ops.cast(question, self.compute_dtype)
+            question = ops.cast(question, self._first_dtype)
         left, right = self._first_layer_terms(objects, question)
         weights = self._pair_weights(object_mask, pair_mask)
         n_static = objects.shape[1]
@@ -311,7 +327,7 @@ class RelationModule(keras.layers.Layer):
                 raise ValueError("RelationModule: pair_chunk_size needs a static number of objects (shape[1]).")
             batch = ops.shape(objects)[0]
             block_weights = weights if weights is not None else ops.ones((batch, n_static, n_static), self.compute_dtype)
-            block_question = question if question is not None else ops.zeros((batch, 0), self.compute_dtype)
+            block_question = question if question is not None else ops.zeros((batch, 0), self._first_dtype)
             aggregate = self._chunked_sum(left, right, objects, block_question, block_weights)
 
         if self.aggregation == "mean":
@@ -345,6 +361,7 @@ class RelationModule(keras.layers.Layer):
             activation=keras.activations.serialize(self.activation),
             aggregation=self.aggregation,
             aggregate_norm=self.aggregate_norm,
+            precise_first_layer=self.precise_first_layer,
             factorized=self.factorized,
             pair_chunk_size=self.pair_chunk_size,
             return_relations=self.return_relations,
