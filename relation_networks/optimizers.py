@@ -5,15 +5,18 @@ import keras
 from relation_networks.config import ConfigError
 
 
+def _is_under(path, key):
+    """Whether the variable at `path` belongs to layer path `key`: a whole-name prefix (`"cnn"` matches
+    `"cnn/conv_0/kernel"`, not `"cnn2/..."`)."""
+    key = key.strip("/")
+    return path == key or path.startswith(key + "/")
+
+
 def multiplier_for(path, lr_multipliers):
     """The multiplier for the variable at `path` (e.g. `"cnn/conv_0/kernel"`): that of the longest key of
-    `lr_multipliers` that is a whole-name prefix of the path (`"cnn"` matches `"cnn/..."`, not `"cnn2/..."`), else 1."""
-    best, factor = -1, 1.0
-    for key, value in lr_multipliers.items():
-        key = key.strip("/")
-        if (path == key or path.startswith(key + "/")) and len(key) > best:
-            best, factor = len(key), float(value)
-    return factor
+    `lr_multipliers` the path is under (see `_is_under`), else 1."""
+    matches = [(len(key.strip("/")), float(value)) for key, value in lr_multipliers.items() if _is_under(path, key)]
+    return max(matches, key=lambda m: m[0])[1] if matches else 1.0  # first of the longest
 
 
 @keras.saving.register_keras_serializable(package="relation_networks")
@@ -37,8 +40,7 @@ class LayerwiseAdam(keras.optimizers.Adam):
     def build(self, variables):
         super().build(variables)
         paths = [v.path for v in variables]
-        unused = [k for k in self.lr_multipliers
-                  if not any(multiplier_for(p, {k: 2.0}) == 2.0 for p in paths)]
+        unused = [k for k in self.lr_multipliers if not any(_is_under(p, k) for p in paths)]
         if unused:
             layers = sorted({p.split("/")[0] for p in paths})
             raise ConfigError(

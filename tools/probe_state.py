@@ -105,7 +105,7 @@ def main(argv):
         answers = np.stack([r["answers"] for r in records]).reshape(-1)
         keep = np.ones(len(answers), bool)
         if FLAGS.colours:
-            keep &= np.isin(questions[:, :soc.NUM_OBJECTS].argmax(-1), [soc.COLORS.index(c) for c in FLAGS.colours])
+            keep &= np.isin(soc.colour_index(questions), [soc.COLORS.index(c) for c in FLAGS.colours])
         if FLAGS.subtypes:
             keep &= np.isin(soc.subtype_index(questions), [soc.SUBTYPE_NAMES.index(s) for s in FLAGS.subtypes])
         image_of_question = np.flatnonzero(keep) // soc.QUESTIONS_PER_IMAGE

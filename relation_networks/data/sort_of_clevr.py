@@ -77,6 +77,11 @@ def subtype_index(questions):
     return 3 * np.argmax(questions[..., 6:8], axis=-1) + np.argmax(questions[..., 8:11], axis=-1)
 
 
+def colour_index(questions):
+    """Index into `COLORS` of the object each question is about, `[...]` for questions `[..., 11]` (NumPy)."""
+    return np.argmax(np.asarray(questions)[..., :NUM_OBJECTS], axis=-1)
+
+
 def describe(question):
     """The question in words, e.g. 'What is the shape of the object closest to the red object?'."""
     color, subtype = decode_question(question)

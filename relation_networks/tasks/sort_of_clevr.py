@@ -255,11 +255,12 @@ class SortOfClevr(Task):
                 metrics[key] = value
         # Per subtype and question colour: a model that has not bound the question's colour to an object is
         # near its prior for every colour; one that has is not (JSON only; the printed table skips it).
-        colours = features["question"][:, : soc.NUM_OBJECTS].argmax(-1)
+        colours = soc.colour_index(features["question"])
         subtypes = soc.subtype_index(features["question"])
-        by_colour = {
-            name: {c: g["accuracy"] for c, g in grouped_accuracy(correct[subtypes == k], colours[subtypes == k], soc.COLORS).items()}
-            for k, name in enumerate(soc.SUBTYPE_NAMES)
-            if (subtypes == k).any()
-        }
+        by_colour = {}
+        for k, name in enumerate(soc.SUBTYPE_NAMES):
+            asked = subtypes == k
+            if asked.any():
+                groups_k = grouped_accuracy(correct[asked], colours[asked], soc.COLORS)
+                by_colour[name] = {colour: g["accuracy"] for colour, g in groups_k.items()}
         return self.report(config, split, len(labels), metrics, groups, extra={"accuracy_by_colour": by_colour})
