@@ -83,11 +83,13 @@ def test_unlinked_balls_move_independently():
     pytest.skip("no unlinked scene among the first 40")
 
 
-@pytest.mark.parametrize("config", ["physics_connections", "physics_count", "physics_count_mlp"])
-def test_tiny_training_evaluation_and_export(config, tmp_path_factory):
+@pytest.mark.parametrize("config, extra", [("physics_connections", []), ("physics_count", []),
+                                           ("physics_count_mlp", []),
+                                           ("physics_connections", ["model.readout=pairs"])])
+def test_tiny_training_evaluation_and_export(config, extra, tmp_path_factory):
     base = tmp_path_factory.mktemp(config)
     run_dir = str(base / "run")
-    sets = [f"data.dir={tmp_path_factory.getbasetemp()}/physics_data", "data.train_scenes=64", "data.val_scenes=16",
+    sets = extra + [f"data.dir={tmp_path_factory.getbasetemp()}/physics_data", "data.train_scenes=64", "data.val_scenes=16",
             "data.test_scenes=16", "data.workers=1", "model.g_units=[16,16]", "model.f_units=[16]",
             "model.mlp_units=[16]", "train.epochs=2", "train.batch_size=16", "train.precision=float32",
             f"run_dir={run_dir}"]
@@ -187,3 +189,41 @@ def test_precise_first_layer_sees_a_tiny_change_in_one_coordinate(precise):
     change = np.abs(keras.ops.convert_to_numpy(model({"balls": moved}))
                     - keras.ops.convert_to_numpy(model({"balls": balls}))).max()
     assert (change > 0) == precise
+
+
+def test_pair_readout_is_symmetric_and_never_links_a_ball_to_itself(tmp_path):
+    import keras
+
+    from relation_networks import config as config_lib
+    from relation_networks.tasks.physics import build_model
+
+    config = config_lib.load("configs/physics_connections.yaml", [
+        "model.g_units=[16,16]", "model.f_units=[8]", "model.readout=pairs"])
+    keras.utils.set_random_seed(0)
+    model = build_model(config.model, config.data)
+    balls = np.random.default_rng(0).normal(size=(2, 10, 33)).astype(np.float32)
+    balls[..., 32] = np.arange(10) / 9
+    logits = keras.ops.convert_to_numpy(model({"balls": balls})).reshape(2, 10, 10)
+    np.testing.assert_allclose(logits, logits.transpose(0, 2, 1), rtol=1e-6)
+    assert (np.diagonal(logits, axis1=1, axis2=2) < -10).all()
+    off = logits[:, ~np.eye(10, dtype=bool)]
+    assert np.abs(off).max() < 10 and off.std() > 0
+    # The (i, j) logit follows balls i and j: moving ball 3 changes only row and column 3.
+    moved = balls.copy()
+    moved[:, 3, :16] += 0.3
+    changed = np.abs(keras.ops.convert_to_numpy(model({"balls": moved})).reshape(2, 10, 10) - logits) > 1e-6
+    expected = np.zeros((10, 10), bool)
+    expected[3] = expected[:, 3] = True
+    expected[3, 3] = False
+    np.testing.assert_array_equal(changed[0], expected)
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded({"balls": balls})).reshape(2, 10, 10), logits,
+                               rtol=1e-6)
+
+
+def test_pair_readout_needs_the_connections_rn(tmp_path):
+    result = run_tool("train", "--config", "configs/physics_count.yaml", "--set", "model.readout=pairs",
+                      "--set", f"data.dir={tmp_path}/data", "--run_dir", str(tmp_path / "run"))
+    assert result.returncode == 2 and "model.readout=pairs" in result.stderr
+    assert not os.path.exists(tmp_path / "run")

@@ -105,6 +105,28 @@ def test_relations_sum_to_the_aggregate():
     np.testing.assert_allclose(output.numpy(), h.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_no_aggregation_applies_f_phi_to_every_pair():
+    objects, question = _inputs()
+    mask = np.array([[1, 1, 1, 0, 0], [1] * 5, [1, 0, 1, 1, 1]], "float32")
+    layer = _layer(aggregation="none", return_relations=True)
+    output, relations = layer(objects, question=question, object_mask=mask)
+    assert output.shape == (3, 5, 5, 3) and layer.compute_output_shape((3, 5, 4), (3, 6))[0] == (3, 5, 5, 3)
+    expected = relations.numpy()
+    for dense in layer.f_phi:
+        expected = dense(expected).numpy()
+    valid = mask[:, :, None] * mask[:, None, :]
+    np.testing.assert_allclose(output.numpy(), expected * valid[..., None], rtol=1e-5, atol=1e-5)
+    assert np.abs(output.numpy()[valid > 0]).min() > 0 and not output.numpy()[valid == 0].any()
+    # Per pair: permuting the objects permutes the rows and columns of the output.
+    perm = np.array([2, 0, 4, 1, 3])
+    permuted = layer(objects[:, perm], question=question, object_mask=mask[:, perm])[0].numpy()
+    np.testing.assert_allclose(permuted, output.numpy()[:, perm][:, :, perm], rtol=1e-5, atol=1e-5)
+    layer.factorized = False
+    naive = layer(objects, question=question, object_mask=mask)[0].numpy()
+    np.testing.assert_allclose(naive, output.numpy(), rtol=1e-5, atol=1e-5)
+    assert RelationModule.from_config(layer.get_config()).aggregation == "none"
+
+
 @pytest.mark.parametrize("factorized", [True, False])
 @pytest.mark.parametrize("graph", [False, True])
 def test_pair_chunking_matches_values_and_gradients(factorized, graph):
@@ -246,6 +268,8 @@ def test_precise_first_layer_round_trips():
         (dict(g_units=[8], f_units=[3], aggregation="max"), "aggregation"),
         (dict(g_units=[8], f_units=[3], pair_chunk_size=0), "pair_chunk_size"),
         (dict(g_units=[8], f_units=[3], aggregate_norm="group"), "aggregate_norm"),
+        (dict(g_units=[8], f_units=[3], aggregation="none", pair_chunk_size=4), "pair_chunk_size"),
+        (dict(g_units=[8], f_units=[3], aggregation="none", aggregate_norm="layer"), "aggregate_norm"),
     ],
 )
 def test_argument_validation(kwargs, message):

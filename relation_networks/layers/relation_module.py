@@ -9,7 +9,7 @@ its outputs ("relations") are summed over all pairs and passed through a second 
 import keras
 from keras import ops
 
-_AGGREGATIONS = ("sum", "mean")
+_AGGREGATIONS = ("sum", "mean", "none")
 _AGGREGATE_NORMS = (None, "batch", "layer")
 
 
@@ -46,7 +46,10 @@ class RelationModule(keras.layers.Layer):
             penultimate layer of the RN, where the paper puts it. Only active when `training=True`.
         activation: activation of the hidden layers of `g_theta` and `f_phi`.
         aggregation: `"sum"` (the paper) or `"mean"` over the valid pairs. `"mean"` keeps the scale of the
-            aggregate independent of the number of objects.
+            aggregate independent of the number of objects. `"none"`: no aggregation, `f_phi` reads every pair's
+            relation on its own and the layer returns one output per pair, `[batch, N, N, f_units[-1]]` (zero for
+            masked pairs) -- an edge-level read-out for answers that are themselves per pair (which balls are
+            connected). Not combined with `pair_chunk_size` or `aggregate_norm`.
         factorized: compute the first layer of `g_theta` per object (default) or on explicit concatenations.
         pair_chunk_size: if set, process the pair grid in blocks of this many rows `i` and recompute each block
             in the backward pass (rematerialisation). Peak memory then grows with `chunk * N` instead of `N^2`,
@@ -76,7 +79,8 @@ class RelationModule(keras.layers.Layer):
         return_relations: overrides the constructor argument for this call.
 
     Returns:
-        `[batch, f_units[-1]]` in the variable dtype (and the relations, in the compute dtype, see
+        `[batch, f_units[-1]]` (`[batch, N, N, f_units[-1]]` with `aggregation="none"`) in the variable dtype (and
+        the relations, in the compute dtype, see
         `return_relations`).
     """
 
@@ -121,6 +125,11 @@ class RelationModule(keras.layers.Layer):
                 f"Invalid value for argument aggregate_norm. Expected one of {_AGGREGATE_NORMS}, got {aggregate_norm!r}."
             )
         self.aggregate_norm = aggregate_norm
+        if aggregation == "none" and (pair_chunk_size is not None or aggregate_norm is not None):
+            raise ValueError(
+                'aggregation="none" returns every pair\'s output, so it cannot be combined with pair_chunk_size '
+                f"(got {pair_chunk_size!r}) or aggregate_norm (got {aggregate_norm!r})."
+            )
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
 
@@ -297,6 +306,12 @@ class RelationModule(keras.layers.Layer):
 
         return chunked(left, right, rows_all, objects, question, weights)
 
+    def _f_phi(self, h, training):
+        """f_phi on `[..., Hg]`: hidden layers, dropout, the linear output layer."""
+        for layer in self.f_phi[:-1]:
+            h = layer(h)
+        return self.f_phi[-1](self.f_dropout(h, training=training))
+
     def _pair_weights(self, object_mask, pair_mask):
         """`[B, N, N]` weight of every pair (1 = included), or None when every pair counts."""
         weights = None
@@ -316,6 +331,14 @@ class RelationModule(keras.layers.Layer):
         left, right = self._first_layer_terms(objects, question)
         weights = self._pair_weights(object_mask, pair_mask)
         n_static = objects.shape[1]
+
+        if self.aggregation == "none":
+            relations = self._pair_block(left, right, objects, objects, question)
+            output = self._f_phi(ops.cast(relations, self._aggregate_dtype), training)
+            if weights is not None:
+                output = output * ops.expand_dims(ops.cast(weights, output.dtype), -1)
+                relations = relations * ops.expand_dims(weights, -1)
+            return (output, relations) if return_relations else output
 
         if self.pair_chunk_size is None or return_relations or (n_static is not None and n_static <= self.pair_chunk_size):
             relations = self._pair_block(left, right, objects, objects, question)
@@ -338,17 +361,17 @@ class RelationModule(keras.layers.Layer):
             aggregate = aggregate / count
 
         h = aggregate if self.norm is None else self.norm(aggregate, training=training)
-        for layer in self.f_phi[:-1]:
-            h = layer(h)
-        output = self.f_phi[-1](self.f_dropout(h, training=training))
+        output = self._f_phi(h, training)
         if return_relations:
             return output, relations
         return output
 
     def compute_output_shape(self, objects_shape, question_shape=None, object_mask_shape=None, pair_mask_shape=None):
+        n = objects_shape[1]
         output = (objects_shape[0], self.f_units[-1])
+        if self.aggregation == "none":
+            output = (objects_shape[0], n, n, self.f_units[-1])
         if self.return_relations:
-            n = objects_shape[1]
             return output, (objects_shape[0], n, n, self.g_units[-1])
         return output
 

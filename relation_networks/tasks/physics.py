@@ -50,6 +50,11 @@ class PhysicsModel:
     # a rigid link keeps its pair's distance to ~0.01%, a spring to ~0.3%, far below bfloat16's ~0.4% rounding of
     # each coordinate. The ball rows then reach the relation module unrounded.
     precise_first_layer: bool = False
+    # How the connection logits are read out. "aggregate" (the paper): f_phi on the sum of all pair relations
+    # outputs all num_balls**2 logits at once, so g_theta has to write each pair's link into a direction of the sum
+    # reserved for that pair. "pairs": no sum; f_phi reads each pair's relation and outputs that pair's logit
+    # (RelationModule(aggregation="none")), symmetrised over (i, j) and (j, i). Connections only.
+    readout: str = choice("aggregate", ("aggregate", "pairs"))
 
 
 @keras.saving.register_keras_serializable(package="relation_networks")
@@ -76,6 +81,25 @@ class BallIdentity(keras.layers.Layer):
         return {**super().get_config(), "num_balls": self.num_balls}
 
 
+@keras.saving.register_keras_serializable(package="relation_networks")
+class PairLogits(keras.layers.Layer):
+    """Per-pair logits `[B, n, n, 1]` -> connection logits `[B, n * n]` (row-major): the mean of the (i, j) and
+    (j, i) logits (a link has no direction), and a fixed "no link" on the diagonal (no ball is linked to itself)."""
+
+    NO_LINK = -30.0  # sigmoid(-30) ~ 1e-13
+
+    def call(self, pair_logits):
+        logits = pair_logits[..., 0]
+        logits = 0.5 * (logits + keras.ops.transpose(logits, (0, 2, 1)))
+        n = logits.shape[-1]
+        eye = keras.ops.eye(n, dtype=logits.dtype)
+        logits = logits * (1.0 - eye) + self.NO_LINK * eye
+        return keras.ops.reshape(logits, (-1, n * n))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1] * input_shape[2])
+
+
 def simulation_settings(data_config):
     """The keyword arguments of `physics.simulate_scene` that a data config sets, checked (`ConfigError`)."""
     d = data_config
@@ -87,6 +111,13 @@ def simulation_settings(data_config):
             "stiffness": d.stiffness, "spring_damping": d.spring_damping}
 
 
+def check_readout(model_config, data_config):
+    """`ConfigError` unless the read-out suits the model and target (checked before any data is simulated)."""
+    if model_config.readout == "pairs" and (model_config.type != "rn" or data_config.target != "connections"):
+        raise ConfigError("model.readout=pairs reads one connection logit per pair: it needs model.type=rn and "
+                          f"data.target=connections (got {model_config.type} and {data_config.target}).")
+
+
 def build_model(model_config, data_config):
     """Input `balls` float32 `[B, num_balls, 2 * frames + 1]`; output logits: `num_balls**2` connection logits
     (row-major pairs) or `num_balls` system-count logits (count k = class k - 1)."""
@@ -96,7 +127,13 @@ def build_model(model_config, data_config):
     # float32: the layer only rearranges features, and must not round the coordinates under a mixed policy.
     objects = (BallIdentity(n, name="ball_identity", dtype="float32")(balls) if model_config.identity == "one_hot"
                else balls)
-    if model_config.type == "rn":
+    check_readout(model_config, data_config)
+    if model_config.readout == "pairs":
+        pair_logits = RelationModule(model_config.g_units, list(model_config.f_units) + [1], aggregation="none",
+                                     precise_first_layer=model_config.precise_first_layer,
+                                     name="relation_module")(objects)
+        logits = PairLogits(name="pair_logits", dtype="float32")(pair_logits)
+    elif model_config.type == "rn":
         logits = RelationModule(model_config.g_units, list(model_config.f_units) + [outputs],
                                 aggregation=model_config.aggregation, precise_first_layer=model_config.precise_first_layer,
                                 name="relation_module")(objects)
@@ -121,6 +158,7 @@ class Physics(Task):
                                **simulation_settings(d))
 
     def prepare(self, config, log=print):
+        check_readout(config.model, config.data)
         self._directory(config, log=log)
 
     def num_examples(self, config, split):
