@@ -95,10 +95,11 @@ def test_nth_farthest_answers_by_independent_computation():
     np.testing.assert_array_equal(nf.generate(10, seed=5)["inputs"], nf.generate(10, seed=5)["inputs"])
 
 
-@pytest.mark.parametrize("config", ["nth_farthest", "nth_farthest_lstm"])
-def test_few_training_steps_and_export(config, tmp_path):
+@pytest.mark.parametrize("config, extra", [("nth_farthest", []), ("nth_farthest_lstm", []),
+                                           ("nth_farthest", ["model.type=rn", "model.g_units=[16,16]"])])
+def test_few_training_steps_and_export(config, extra, tmp_path):
     run_dir = str(tmp_path / "run")
-    sets = ["data.train_size=256", "data.val_size=64", "data.test_size=64", "model.mem_slots=2", "model.head_size=8",
+    sets = extra + ["data.train_size=256", "data.val_size=64", "data.test_size=64", "model.mem_slots=2", "model.head_size=8",
             "model.num_heads=2", "model.lstm_units=16", "model.mlp_units=[16]", "train.epochs=2",
             "train.batch_size=32", f"run_dir={run_dir}"]
     result = run_tool("train", "--config", f"configs/{config}.yaml", *[a for s in sets for a in ("--set", s)])
@@ -107,3 +108,19 @@ def test_few_training_steps_and_export(config, tmp_path):
     out = run_tool("export", "--run", run_dir, "--out", str(tmp_path / "sm"), "--serving_doc", str(tmp_path / "S.md"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "model.tflite" in out.stdout and "FAILED" not in out.stdout
+
+
+def test_nth_farthest_rn_ignores_the_order_of_the_vectors():
+    from relation_networks import config as config_lib
+    from relation_networks.tasks.nth_farthest import build_model
+
+    config = config_lib.load("configs/nth_farthest.yaml", ["model.type=rn", "model.g_units=[16,16]",
+                                                           "model.mlp_units=[8]"])
+    model = build_model(config.model, config.data)
+    inputs = nf.generate(4, seed=3)["inputs"]
+    shuffled = inputs[:, np.random.default_rng(0).permutation(8)]
+    out = keras.ops.convert_to_numpy(model({"sequence": inputs}))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model({"sequence": shuffled})), out, rtol=1e-5, atol=1e-5)
+    changed = inputs.copy()
+    changed[:, :, -8:] = np.roll(changed[:, :, -8:], 1, axis=-1)  # another rank asked: the question is read
+    assert np.abs(keras.ops.convert_to_numpy(model({"sequence": changed})) - out).max() > 1e-6

@@ -12,7 +12,7 @@ from relation_networks.config import choice
 from relation_networks.data import nth_farthest as nf
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
-from relation_networks.layers import RelationalMemory
+from relation_networks.layers import RelationalMemory, RelationModule
 from relation_networks.models import logits_model, mlp
 from relation_networks.tasks.base import Task
 
@@ -30,7 +30,7 @@ class NthFarthestData:
 
 @dataclasses.dataclass
 class NthFarthestModel:
-    type: str = choice("rmc", ("rmc", "lstm"))
+    type: str = choice("rmc", ("rmc", "lstm", "rn"))
     mem_slots: int = 4
     head_size: int = 64
     num_heads: int = 4
@@ -41,6 +41,10 @@ class NthFarthestModel:
     input_bias: float = 0.0
     key_size: typing.Optional[int] = None
     lstm_units: int = 512  # the LSTM baseline
+    # type "rn": a Relation Network over the set of vectors (each `[vector, one-hot id]`), conditioned on the
+    # question `[one-hot m, one-hot n - 1]`; f_phi is mlp_units + the linear logits. A non-recurrent reference
+    # that sees all vectors at once.
+    g_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256, 256, 256])
     mlp_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256, 256])  # head, + linear logits
 
 
@@ -58,6 +62,12 @@ def build_model(model_config, data_config):
             name="relational_memory",
         )
         h = keras.layers.RNN(cell, unroll=True, name="rmc")(sequence)
+    elif model_config.type == "rn":
+        width = data_config.vector_dim + data_config.num_vectors
+        objects, question = sequence[:, :, :width], sequence[:, 0, width:]  # the question is on every step
+        logits = RelationModule(model_config.g_units, list(model_config.mlp_units) + [data_config.num_vectors],
+                                name="relation_module")(objects, question=question)
+        return logits_model({"sequence": sequence}, logits, "nth_farthest_rn")
     else:
         h = keras.layers.LSTM(model_config.lstm_units, unroll=True, name="lstm")(sequence)
     logits = keras.layers.Dense(data_config.num_vectors, name="answer")(mlp(h, model_config.mlp_units, "mlp"))
