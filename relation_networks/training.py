@@ -127,9 +127,14 @@ class _Progress:
             self.log(f"step {step}/{self.total}  {text}")
 
 
-def _evaluate(task, model, config, split):
+def _predict_function(model):
+    """Inference as one traced function; make it once per run (a new one per evaluation would retrace)."""
     predict = tf.function(lambda features: model(features, training=False), reduce_retracing=True)
-    return task.evaluate(lambda f: predict(f).numpy(), config, split, batch_size=config.train.eval_batch_size)
+    return lambda features: predict(features).numpy()
+
+
+def _evaluate(task, predict, config, split):
+    return task.evaluate(predict, config, split, batch_size=config.train.eval_batch_size)
 
 
 def make_checkpoint(model, optimizer=None, **extra):
@@ -204,6 +209,7 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
             make_learning_rate(train_cfg, steps_per_epoch, total_steps), lr_multipliers=train_cfg.lr_multipliers
         )
         optimizer.build(model.trainable_variables)
+    predict = _predict_function(model)
     # Only now, with the config known to build a model and an optimizer, is the run directory written.
     os.makedirs(out_dir, exist_ok=True)
     if is_chief:
@@ -331,7 +337,7 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
                 "train_accuracy": correct_sum / max(count * global_batch, 1),
             }
             if "val" in train_cfg.eval_splits:
-                report = _evaluate(task, model, config, "val")
+                report = _evaluate(task, predict, config, "val")
                 entry["val"] = report.metrics
                 with writers["val"].as_default(step=step):
                     for name, value in report.metrics.items():
@@ -351,7 +357,7 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
             model.save(tmp)
         evaluation = {}
         for split in train_cfg.eval_splits:
-            report = _evaluate(task, model, config, split)
+            report = _evaluate(task, predict, config, split)
             evaluation[split] = report.to_json()
             log(report.table())
         result = _write_metrics(

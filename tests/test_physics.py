@@ -97,7 +97,9 @@ def test_tiny_training_evaluation_and_export(config, extra, tmp_path_factory):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(os.path.join(run_dir, "metrics.json")))["evaluation"]["test"]
     if "connections" in config:
-        assert {"scenes_all_correct", "pair_accuracy"} <= set(report["metrics"])
+        metrics = report["metrics"]
+        assert {"scenes_all_correct", "pair_accuracy", "count_from_connections"} <= set(metrics)
+        assert metrics["count_from_connections"] >= metrics["scenes_all_correct"]
     else:
         assert "accuracy" in report["metrics"] and np.array(report["extra"][next(iter(report["extra"]))]).sum() == 16
     out = run_tool("export", "--run", run_dir, "--out", str(base / "sm"), "--serving_doc", str(base / "S.md"))

@@ -19,14 +19,6 @@ from relation_networks import plots
 from relation_networks.errors import UserError
 from relation_networks.io import write_markdown_section
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("task", None, "Which reproduction: " + ", ".join(sorted(["sort_of_clevr", "babi", "nth_farthest"])))
-flags.DEFINE_bool("train", False, "Train the runs first (resuming any that exist).")
-flags.DEFINE_string("split", None, "Split to report (default: the task's).")
-flags.DEFINE_string("results", "docs/RESULTS.md", "Results file whose section for the task is (re)written.")
-flags.DEFINE_multi_string("set", [], "Extra --set overrides passed to every training run.")
-flags.mark_flag_as_required("task")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREAMBLE = (
     "# Results\n\nEvery number below was written by `tools/reproduce.py` (or `tools/benchmark.py`) from the runs' "
@@ -45,11 +37,31 @@ REPRODUCTIONS = {
                                 "runs/soc_kimhc_like",
                                 ["model.conv_filters=[24,24,24,24]", "model.g_units=[256,256,256,256]",
                                  "model.f_units=[256,256]", "model.dropout=0.5", "model.aggregation=sum",
-                                 "train.learning_rate=1e-4", "train.epochs=30", "train.time_limit_minutes=150"])]),
+                                 "train.learning_rate=1e-4", "train.epochs=30", "train.time_limit_minutes=270",
+                                 "train.max_steps=34000"])]),
     "babi": ("val", [("RN (joint, 20 tasks)", "configs/babi.yaml", "runs/babi")]),
+    "physics_connections": ("test", [
+        ("RN, per-pair read-out", "configs/physics_connections.yaml", "runs/physics_connections_pairs",
+         ["model.readout=pairs", "model.precise_first_layer=true", "train.time_limit_minutes=PAIRS_LIMIT"]),
+        ("RN, paper read-out", "configs/physics_connections.yaml", "runs/physics_connections_precise",
+         ["model.precise_first_layer=true", "train.time_limit_minutes=30"]),
+        ("MLP", "configs/physics_connections_mlp.yaml", "runs/physics_connections_mlp",
+         ["train.time_limit_minutes=16", "train.max_steps=39000"])]),
+    "physics_count": ("test", [("RN", "configs/physics_count.yaml", "runs/physics_count", ["train.time_limit_minutes=83"]),
+                               ("MLP", "configs/physics_count_mlp.yaml", "runs/physics_count_mlp",
+                                ["train.max_steps=20000"])]),
     "nth_farthest": ("test", [("RMC", "configs/nth_farthest.yaml", "runs/nth_farthest"),
                               ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm")]),
 }
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("task", None, "Which reproduction: " + ", ".join(sorted(REPRODUCTIONS)))
+flags.DEFINE_bool("train", False, "Train the runs first (resuming any that exist).")
+flags.DEFINE_string("split", None, "Split to report (default: the task's).")
+flags.DEFINE_string("results", "docs/RESULTS.md", "Results file whose section for the task is (re)written.")
+flags.DEFINE_multi_string("set", [], "Extra --set overrides passed to every training run.")
+flags.mark_flag_as_required("task")
 
 
 def _pct(value):

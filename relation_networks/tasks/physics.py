@@ -210,8 +210,12 @@ class Physics(Task):
             pair_correct = (predicted == truth)[:, off_diagonal]
             scene_correct = pair_correct.all(axis=1)
             systems = np.array([physics.components(t.reshape(n, n)) for t in truth])
+            # The counting question answered from the predicted links (connected components; a link predicted
+            # in one direction only counts): every scene with all connections right is counted right.
+            counted = np.array([physics.components(p | p.T) for p in predicted.reshape(-1, n, n)])
             groups = grouped_accuracy(scene_correct, systems - 1, [f"{k}_systems" for k in range(1, n + 1)])
-            metrics = {"scenes_all_correct": float(scene_correct.mean()), "pair_accuracy": float(pair_correct.mean())}
+            metrics = {"scenes_all_correct": float(scene_correct.mean()), "pair_accuracy": float(pair_correct.mean()),
+                       "count_from_connections": float((counted == systems).mean())}
             return self.report(config, split, len(labels), metrics, groups)
         predicted = logits.argmax(-1)
         correct = predicted == labels
