@@ -42,7 +42,7 @@ REPRODUCTIONS = {
     "babi": ("val", [("RN (joint, 20 tasks)", "configs/babi.yaml", "runs/babi")]),
     "physics_connections": ("test", [
         ("RN, per-pair read-out", "configs/physics_connections.yaml", "runs/physics_connections_pairs",
-         ["model.readout=pairs", "model.precise_first_layer=true", "train.time_limit_minutes=PAIRS_LIMIT"]),
+         ["model.readout=pairs", "model.precise_first_layer=true", "train.time_limit_minutes=120"]),
         ("RN, paper read-out", "configs/physics_connections.yaml", "runs/physics_connections_precise",
          ["model.precise_first_layer=true", "train.time_limit_minutes=30"]),
         ("MLP", "configs/physics_connections_mlp.yaml", "runs/physics_connections_mlp",
@@ -51,7 +51,9 @@ REPRODUCTIONS = {
                                ("MLP", "configs/physics_count_mlp.yaml", "runs/physics_count_mlp",
                                 ["train.max_steps=20000"])]),
     "nth_farthest": ("test", [("RMC", "configs/nth_farthest.yaml", "runs/nth_farthest"),
-                              ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm")]),
+                              ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm"),
+                              ("RN (all vectors at once)", "configs/nth_farthest.yaml", "runs/nth_farthest_rn",
+                               ["model.type=rn", "train.time_limit_minutes=15"])]),
 }
 
 
