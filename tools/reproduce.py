@@ -42,7 +42,7 @@ REPRODUCTIONS = {
     "babi": ("val", [("RN (joint, 20 tasks)", "configs/babi.yaml", "runs/babi")]),
     "physics_connections": ("test", [
         ("RN, per-pair read-out", "configs/physics_connections.yaml", "runs/physics_connections_pairs",
-         ["model.readout=pairs", "model.precise_first_layer=true", "train.time_limit_minutes=120"]),
+         ["model.readout=pairs", "model.precise_first_layer=true", "train.time_limit_minutes=140"]),
         ("RN, paper read-out", "configs/physics_connections.yaml", "runs/physics_connections_precise",
          ["model.precise_first_layer=true", "train.time_limit_minutes=30"]),
         ("MLP", "configs/physics_connections_mlp.yaml", "runs/physics_connections_mlp",
