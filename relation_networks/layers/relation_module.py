@@ -332,18 +332,15 @@ class RelationModule(keras.layers.Layer):
         weights = self._pair_weights(object_mask, pair_mask)
         n_static = objects.shape[1]
 
-        if self.aggregation == "none":
-            relations = self._pair_block(left, right, objects, objects, question)
-            output = self._f_phi(ops.cast(relations, self._aggregate_dtype), training)
-            if weights is not None:
-                output = output * ops.expand_dims(ops.cast(weights, output.dtype), -1)
-                relations = relations * ops.expand_dims(weights, -1)
-            return (output, relations) if return_relations else output
-
         if self.pair_chunk_size is None or return_relations or (n_static is not None and n_static <= self.pair_chunk_size):
             relations = self._pair_block(left, right, objects, objects, question)
             if weights is not None:
                 relations = relations * ops.expand_dims(weights, -1)
+            if self.aggregation == "none":  # (never chunked: checked in __init__)
+                output = self._f_phi(ops.cast(relations, self._aggregate_dtype), training)
+                if weights is not None:  # f_phi's biases would give masked pairs an output
+                    output = output * ops.expand_dims(ops.cast(weights, output.dtype), -1)
+                return (output, relations) if return_relations else output
             aggregate = ops.sum(ops.cast(relations, self._aggregate_dtype), axis=(1, 2))
         else:
             if n_static is None:
