@@ -57,6 +57,9 @@ class TrainConfig:
     max_steps: typing.Optional[int] = None  # stop early (smoke tests); epochs still define the schedule
     time_limit_minutes: typing.Optional[float] = None  # stop (after a checkpoint) once this much training time is used
     eval_splits: typing.List[str] = dataclasses.field(default_factory=lambda: ["val", "test"])
+    # A validation metric (e.g. accuracy, scenes_all_correct; higher is better): keep the model of the evaluation
+    # where it peaked in <run_dir>/best/, and make that model the run's model.keras and final evaluation.
+    keep_best: typing.Optional[str] = None
     distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
 
 
@@ -210,11 +213,17 @@ def from_dict(raw, where="<config>"):
             f"{where}: unknown key '{unknown[0]}'. Known top-level keys: "
             f"{', '.join(f.name for f in dataclasses.fields(ExperimentConfig))}."
         )
+    train = _from_dict(TrainConfig, raw.get("train"), "train", where)
+    if train.keep_best is not None and "val" not in train.eval_splits:
+        raise ConfigError(
+            f"{where}: 'train.keep_best' ({train.keep_best!r}) needs the validation split: add 'val' to "
+            f"train.eval_splits (now {train.eval_splits})."
+        )
     return ExperimentConfig(
         task=raw["task"],
         data=_from_dict(task.data_config, raw.get("data"), "data", where),
         model=_from_dict(task.model_config, raw.get("model"), "model", where),
-        train=_from_dict(TrainConfig, raw.get("train"), "train", where),
+        train=train,
         seed=_convert(raw.get("seed", 0), int, "seed", where),
         run_dir=_convert(raw.get("run_dir"), typing.Optional[str], "run_dir", where),
     )

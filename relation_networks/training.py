@@ -9,7 +9,8 @@ A run directory holds:
     checkpoints/         `tf.train.CheckpointManager` checkpoints (model, optimizer incl. step, training time)
     logs/{train,val}/    TensorBoard summaries
     metrics.json         history per epoch and the final evaluation (see `Report` for the report keys)
-    model.keras          the final Keras model
+    model.keras          the final Keras model (with `train.keep_best`: the best one by that validation metric)
+    best/                with `train.keep_best`: that model's checkpoint and best.json (metric, value, epoch, step)
 Re-running the same command resumes from the newest readable checkpoint.
 """
 
@@ -30,6 +31,8 @@ from relation_networks.optimizers import LayerwiseAdam
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.yaml"
+BEST_DIR = "best"
+BEST_FILE = "best.json"
 
 
 @keras.saving.register_keras_serializable(package="relation_networks")
@@ -153,6 +156,60 @@ def make_checkpoint(model, optimizer=None, **extra):
     return tf.train.Checkpoint(**kwargs)
 
 
+class BestModel:
+    """`train.keep_best`: keeps the model of the validation evaluation where `metric` (higher is better) peaked.
+
+    The model's variables are checkpointed in `directory` (one checkpoint) with `best.json` beside it, so the best
+    point survives a resumed run. Used by the chief only.
+    """
+
+    def __init__(self, metric, model, directory, log=print):
+        self.metric = metric
+        self.checkpoint = make_checkpoint(model)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=1)
+        self.record_path = os.path.join(directory, BEST_FILE)
+        self.log = log
+        self.record = self._load()
+
+    def _load(self):
+        import json
+
+        if not os.path.exists(self.record_path) or self.manager.latest_checkpoint is None:
+            return None
+        try:
+            with open(self.record_path) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return record if record.get("metric") == self.metric else None
+
+    def check(self, metrics):
+        if self.metric not in metrics:
+            raise UserError(
+                f"train.keep_best={self.metric!r} is not a validation metric of this task; "
+                f"its metrics are: {', '.join(metrics)}."
+            )
+
+    def offer(self, metrics, epoch, step):
+        """Keep the current model if its validation `metrics` beat the best so far."""
+        self.check(metrics)
+        value = float(metrics[self.metric])
+        if self.record is not None and value <= self.record["value"]:
+            return
+        path = self.manager.save(checkpoint_number=step)
+        self.record = {"metric": self.metric, "value": value, "epoch": epoch, "step": int(step),
+                       "checkpoint": os.path.basename(path)}
+        atomic_write_json(self.record_path, self.record)
+        self.log(f"New best val {self.metric} {100 * value:.2f}% (epoch {epoch}, step {step}): kept in {path}.")
+
+    def restore(self):
+        """Load the best model's variables into the model; returns the record (None if nothing was kept)."""
+        if self.record is None:
+            return None
+        self.checkpoint.read(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        return self.record
+
+
 def weights_digest(model):
     """SHA-256 over every variable of `model` (name, dtype, shape and bytes), in a fixed order."""
     import hashlib
@@ -231,6 +288,12 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
 
     metrics_path = os.path.join(config.run_dir, METRICS_FILE)
     history = _load_history(metrics_path, step // steps_per_epoch) if is_chief else []
+    best = None
+    if train_cfg.keep_best and is_chief:
+        best = BestModel(train_cfg.keep_best, model, os.path.join(config.run_dir, BEST_DIR), log=log)
+        evaluated = [entry["val"] for entry in history if "val" in entry]
+        if evaluated:
+            best.check(evaluated[-1])  # a wrong metric name fails now, not after the next epoch
 
     group = task.training_group_size(config)
     if (global_batch // replicas) % group:
@@ -344,7 +407,12 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
                         tf.summary.scalar(name, value)
                 log(f"epoch {epoch + 1}: " + "  ".join(f"val {k} {100 * v:.2f}%" for k, v in report.metrics.items()))
             history.append(entry)
-            _write_metrics(metrics_path, config, history, step, total_steps, train_seconds, complete=False)
+            try:
+                if best is not None:
+                    best.offer(entry["val"], epoch + 1, step)
+            finally:  # written even when keep_best names no metric, so a resumed run can say so before training
+                _write_metrics(metrics_path, config, history, step, total_steps, train_seconds, complete=False,
+                               best=best and best.record)
 
     if stopped == "time_limit":
         log(f"Stopped at step {step}: train.time_limit_minutes={train_cfg.time_limit_minutes} used up.")
@@ -352,6 +420,13 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
     print(f"worker {task_id}: step {step}, weights sha256 {weights_digest(model)}", flush=True)
 
     result = {}
+    if best is not None:
+        if not history or history[-1]["step"] != step:  # stopped inside an epoch: that model is a candidate too
+            best.offer(_evaluate(task, predict, config, "val").metrics, round(step / steps_per_epoch, 2), step)
+        record = best.restore()
+        if record:
+            log(f"Final model: the best by val {record['metric']} ({100 * record['value']:.2f}%, "
+                f"epoch {record['epoch']}, step {record['step']}).")
     if is_chief:
         with atomic_path(os.path.join(config.run_dir, MODEL_FILE)) as tmp:
             model.save(tmp)
@@ -362,7 +437,7 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
             log(report.table())
         result = _write_metrics(
             metrics_path, config, history, step, total_steps, train_seconds,
-            complete=step >= stop_step, evaluation=evaluation, stopped=stopped,
+            complete=step >= stop_step, evaluation=evaluation, stopped=stopped, best=best and best.record,
         )
     for writer in writers.values():
         writer.close()
@@ -391,7 +466,8 @@ def _load_history(path, completed_epochs):
     return [entry for entry in history if entry.get("epoch", 0) <= completed_epochs]
 
 
-def _write_metrics(path, config, history, step, total_steps, train_seconds, complete, evaluation=None, stopped=None):
+def _write_metrics(path, config, history, step, total_steps, train_seconds, complete, evaluation=None, stopped=None,
+                   best=None):
     metrics = {
         "task": config.task,
         "model": getattr(config.model, "type", None),
@@ -408,5 +484,7 @@ def _write_metrics(path, config, history, step, total_steps, train_seconds, comp
         "history": history,
         "evaluation": evaluation or {},
     }
+    if best:
+        metrics["best"] = best  # the evaluated model is this one (train.keep_best)
     atomic_write_json(path, metrics)
     return metrics

@@ -161,3 +161,20 @@ def test_checkpoint_holds_every_model_variable(tmp_path):
     assert any("moving_variance" in p for p in moving)
     for a, b in zip(trained.variables, fresh.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_two_workers_keep_the_best_model_on_the_chief(tmp_path):
+    """`train.keep_best` evaluates and saves on the chief only; the workers must not wait on it (no deadlock)."""
+    run_dir = tmp_path / "run"
+    result = run_tool("launch_local", "--workers", "2", "--", sys.executable, "tools/train.py",
+                      *_args(str(tmp_path / "data"), str(run_dir), "train.batch_size=8", f"train.max_steps={STEPS}",
+                             "train.distribute.strategy=multi_worker", "train.keep_best=accuracy",
+                             "train.eval_splits=[val]", "model.synchronized_bn=true"))
+    assert result.returncode == 0, result.stdout[-3000:]
+    digests = set(re.findall(r"weights sha256 ([0-9a-f]{64})", result.stdout))
+    assert len(digests) == 1, result.stdout[-3000:]
+    with open(run_dir / "best" / "best.json") as f:
+        best = json.load(f)
+    assert best["step"] == STEPS and best["metric"] == "accuracy"
+    with open(run_dir / "metrics.json") as f:
+        assert json.load(f)["best"] == best

@@ -1,0 +1,113 @@
+"""`train.keep_best`: the run's final model is the one from the validation evaluation where the metric peaked."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ROOT, tiny_sort_of_clevr_overrides
+from relation_networks import config as config_lib
+from relation_networks import inference, training
+from relation_networks.errors import UserError
+
+STEPS_PER_EPOCH = 48 * 20 // 32
+
+
+def _config(tmp_path, *extra):
+    overrides = tiny_sort_of_clevr_overrides(str(tmp_path / "data"), str(tmp_path / "run")) + [
+        "train.keep_checkpoints=20", f"train.checkpoint_every_steps={STEPS_PER_EPOCH}", *extra]
+    return config_lib.load(os.path.join(ROOT, "configs/sort_of_clevr.yaml"), overrides)
+
+
+def _scripted_validation(monkeypatch, values):
+    """Replace the validation accuracy the trainer sees by `values`, one per evaluation, then leave it real (as the
+    other splits are): the final report evaluates the validation split once more."""
+    values = iter(values)
+    evaluate = training._evaluate
+
+    def scripted(task, predict, config, split):
+        report = evaluate(task, predict, config, split)
+        if split == "val":
+            report.metrics["accuracy"] = next(values, report.metrics["accuracy"])
+        return report
+
+    monkeypatch.setattr(training, "_evaluate", scripted)
+
+
+def _load_model(config):
+    return inference.load_keras_predictor(config.run_dir)[1]
+
+
+def _checkpoint_weights(config, step):
+    model = _load_model(config)
+    path = os.path.join(config.run_dir, "checkpoints", f"ckpt-{step}")
+    training.make_checkpoint(model).read(path).expect_partial()
+    return [v.numpy() for v in model.variables]
+
+
+def _final_weights(config):
+    return [v.numpy() for v in _load_model(config).variables]
+
+
+def _same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_final_model_is_the_best_epoch_and_survives_a_resume(tmp_path, monkeypatch):
+    config = _config(tmp_path, "train.epochs=3", "train.keep_best=accuracy")
+    _scripted_validation(monkeypatch, [0.3, 0.7, 0.5])
+    metrics = training.train(config, log=lambda *a: None)
+    assert metrics["best"] == {"metric": "accuracy", "value": 0.7, "epoch": 2, "step": 2 * STEPS_PER_EPOCH,
+                               "checkpoint": f"ckpt-{2 * STEPS_PER_EPOCH}"}
+    best_weights = _checkpoint_weights(config, 2 * STEPS_PER_EPOCH)
+    assert _same(_final_weights(config), best_weights)
+    assert not _same(best_weights, _checkpoint_weights(config, 3 * STEPS_PER_EPOCH))  # the epochs differ
+    # The test evaluation in metrics.json is of the best model.
+    _, _, predict = inference.load_keras_predictor(config.run_dir)
+    report = training._evaluate(training.tasks.get("sort_of_clevr"), predict, config, "test")
+    assert report.metrics["accuracy"] == pytest.approx(metrics["evaluation"]["test"]["metrics"]["accuracy"])
+
+    # Resumed for a fourth, worse epoch: training continues from the last checkpoint, the best stays epoch 2.
+    config = _config(tmp_path, "train.epochs=4", "train.keep_best=accuracy")
+    _scripted_validation(monkeypatch, [0.6])
+    metrics = training.train(config, log=lambda *a: None)
+    assert metrics["step"] == 4 * STEPS_PER_EPOCH
+    assert metrics["best"]["epoch"] == 2
+    assert _same(_final_weights(config), best_weights)
+
+
+def test_a_run_stopped_inside_an_epoch_offers_its_last_model(tmp_path, monkeypatch):
+    stop = 2 * STEPS_PER_EPOCH - 5
+    config = _config(tmp_path, "train.epochs=3", "train.keep_best=accuracy", f"train.max_steps={stop}")
+    _scripted_validation(monkeypatch, [0.4, 0.9])  # epoch 1, then the model at the stop
+    metrics = training.train(config, log=lambda *a: None)
+    assert metrics["best"]["step"] == stop and metrics["best"]["value"] == 0.9
+    assert _same(_final_weights(config), _checkpoint_weights(config, stop))
+
+
+def test_unknown_metric_is_one_clear_error_that_keeps_the_checkpoint(tmp_path):
+    config = _config(tmp_path, "train.epochs=2", "train.keep_best=acuracy")
+    with pytest.raises(UserError, match=r"keep_best='acuracy' is not a validation metric.*accuracy"):
+        training.train(config, log=lambda *a: None)
+    assert tf.train.latest_checkpoint(os.path.join(config.run_dir, "checkpoints")).endswith(f"-{STEPS_PER_EPOCH}")
+    assert not os.path.exists(os.path.join(config.run_dir, training.BEST_DIR, training.BEST_FILE))
+    # Resuming the same run with the mistake still in it fails before any training.
+    with pytest.raises(UserError, match="not a validation metric"):
+        training.train(config, log=lambda *a: None)
+
+
+def test_keep_best_needs_the_validation_split(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match=r"keep_best.*eval_splits"):
+        _config(tmp_path, "train.keep_best=accuracy", "train.eval_splits=[test]")
+
+
+def test_without_keep_best_the_final_model_is_the_last(tmp_path):
+    config = _config(tmp_path, "train.epochs=1")
+    metrics = training.train(config, log=lambda *a: None)
+    assert "best" not in metrics
+    assert not os.path.exists(os.path.join(config.run_dir, training.BEST_DIR))
+    assert _same(_final_weights(config), _checkpoint_weights(config, STEPS_PER_EPOCH))
+    with open(os.path.join(config.run_dir, training.METRICS_FILE)) as f:
+        assert "best" not in json.load(f)
