@@ -146,14 +146,24 @@ def make_checkpoint(model, optimizer=None, **extra):
     Keras 3 functional models are not tracked by `tf.train.Checkpoint(model=model)`: their trainable weights only
     reach a checkpoint through the optimizer, and non-trainable ones (batch-norm moving statistics) not at all.
     Naming each variable by its path saves all of them.
+
+    The optimizer's state (step counter, Adam moments) is saved by name too, without its learning rate: Keras keeps
+    a constant rate as the optimizer's second variable and a schedule as none, so a positional save could not be
+    resumed under another `train.learning_rate` or `lr_schedule`; by name, a resumed run follows the config.
     """
-    variables = {v.path.replace("/", "."): v for v in model.variables}
-    if len(variables) != len(model.variables):
-        raise ValueError("Two variables of the model share a path; give their layers unique names.")
-    kwargs = dict(model_variables=variables, **extra)
+    kwargs = dict(model_variables=_by_name(model.variables, lambda v: v.path, "model"), **extra)
     if optimizer is not None:
-        kwargs["optimizer"] = optimizer
+        state = [v for v in optimizer.variables if v.path.split("/")[-1] != "learning_rate"]
+        # Without the optimizer's own (process-dependent, e.g. "adam_1") name.
+        kwargs["optimizer_state"] = _by_name(state, lambda v: v.path.split("/", 1)[-1], "optimizer")
     return tf.train.Checkpoint(**kwargs)
+
+
+def _by_name(variables, name, owner):
+    named = {name(v).replace("/", "."): v for v in variables}
+    if len(named) != len(variables):
+        raise ValueError(f"Two variables of the {owner} share a name; give their layers unique names.")
+    return named
 
 
 class BestModel:

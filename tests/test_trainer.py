@@ -1,7 +1,10 @@
-"""`train.keep_best`: the run's final model is the one from the validation evaluation where the metric peaked."""
+"""Trainer behaviour across runs: `train.keep_best` (the final model is the one from the validation evaluation
+where the metric peaked) and resuming under a changed learning rate or schedule."""
 
 import json
+import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -111,3 +114,33 @@ def test_without_keep_best_the_final_model_is_the_last(tmp_path):
     assert _same(_final_weights(config), _checkpoint_weights(config, STEPS_PER_EPOCH))
     with open(os.path.join(config.run_dir, training.METRICS_FILE)) as f:
         assert "best" not in json.load(f)
+
+
+def _logged_rates(lines):
+    return {int(m.group(1)): float(m.group(2))
+            for m in (re.search(r"^step (\d+)/\d+ .*\blr ([0-9.e-]+)", line) for line in lines) if m}
+
+
+def test_a_resumed_run_follows_a_changed_learning_rate_and_schedule(tmp_path):
+    """The optimizer state is checkpointed by name without the rate, so lowering the rate (or switching to a
+    schedule) when resuming is honoured, and the Adam moments and step counter carry over."""
+    config = _config(tmp_path, "train.epochs=1", "train.learning_rate=1e-3", "train.warmup_steps=0")
+    training.train(config, log=lambda *a: None)
+
+    lines = []
+    config = _config(tmp_path, "train.epochs=2", "train.learning_rate=2e-4", "train.warmup_steps=0",
+                     "train.lr_schedule=cosine", "train.log_every_steps=1")
+    metrics = training.train(config, log=lines.append)
+    assert any(f"at step {STEPS_PER_EPOCH} " in line for line in lines if line.startswith("Resumed from"))
+    assert metrics["step"] == 2 * STEPS_PER_EPOCH
+    rates = _logged_rates(lines)
+    assert min(rates) == STEPS_PER_EPOCH + 1
+    total = 2 * STEPS_PER_EPOCH
+    for step, rate in rates.items():  # Keras logs the rate of the next step (the optimizer's iteration count)
+        assert rate == pytest.approx(2e-4 * 0.5 * (1 + math.cos(math.pi * step / total)), rel=1e-3, abs=1e-9)
+
+    lines = []
+    config = _config(tmp_path, "train.epochs=3", "train.learning_rate=5e-5", "train.warmup_steps=0",
+                     "train.log_every_steps=1")
+    training.train(config, log=lines.append)
+    assert set(_logged_rates(lines).values()) == {5e-5}  # back to a constant rate: the config's, not a saved one
