@@ -71,7 +71,7 @@ def learning_curve(run_dir, path, metrics_history, title):
     train = read_scalars(os.path.join(run_dir, "logs", "train")).get("accuracy")
     if train:
         series["train acc. (epoch mean)"] = train
-    for name in ("accuracy", "relational", "non_relational"):
+    for name in ("accuracy", "relational", "non_relational", "scenes_all_correct"):
         points = [(e["step"], e["val"][name]) for e in metrics_history if name in e.get("val", {})]
         if points:
             series[f"val {name}"] = points

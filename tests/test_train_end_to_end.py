@@ -222,3 +222,24 @@ def test_probe_state_grid_layout_places_each_object_in_its_cell(trained_run, tmp
     with open(out) as f:
         report = json.load(f)
     assert report["layout"] == "grid" and report["objects"] == 25
+
+
+def test_reproduce_section_names_every_stage_and_the_kept_model(trained_run, monkeypatch, tmp_path):
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import reproduce
+
+    run_dir, _, _ = trained_run
+    config = os.path.join(ROOT, "configs/sort_of_clevr.yaml")
+    stages = [["train.max_steps=10"], ["train.lr_schedule=cosine", "train.keep_best=accuracy"]]
+    monkeypatch.setitem(reproduce.REPRODUCTIONS, "demo", ("test", [("staged run", config, run_dir, stages)]))
+    monkeypatch.setattr(reproduce, "ROOT", str(tmp_path))  # figures go to tmp_path/docs/figures
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    metrics["best"] = {"metric": "accuracy", "value": 0.5, "epoch": 1, "step": 30, "checkpoint": "ckpt-30"}
+    text = reproduce.section("demo", "test", [("staged run", config, run_dir, metrics)])
+    assert f"`python tools/train.py --config {config} --set train.max_steps=10 --run_dir {run_dir}`; then " in text
+    assert "--set train.lr_schedule=cosine --set train.keep_best=accuracy" in text
+    assert "staged run: the model of epoch 1 (step 30), best validation accuracy 50.0%" in text
+    assert os.path.exists(tmp_path / "docs" / "figures" / f"{os.path.basename(run_dir)}.png")

@@ -24,7 +24,9 @@ PREAMBLE = (
     "# Results\n\nEvery number below was written by `tools/reproduce.py` (or `tools/benchmark.py`) from the runs' "
     "`metrics.json` files; each section names the commands, hardware, seeds and training wall time.\n"
 )
-# task -> (split to report, [(label, config, run directory[, --set overrides of that run])])
+# task -> (split to report, [(label, config, run directory[, --set overrides of that run])]); the overrides may also
+# be a list of stages (lists of overrides), trained one after the other in the same run directory (each resumes
+# the previous), e.g. a constant learning rate first and then a cosine decay from where it stopped.
 REPRODUCTIONS = {
     "sort_of_clevr": ("test", [("CNN+RN", "configs/sort_of_clevr.yaml", "runs/sort_of_clevr_g4"),
                                ("CNN+RN, one question per image", "configs/sort_of_clevr.yaml", "runs/sort_of_clevr",
@@ -41,6 +43,11 @@ REPRODUCTIONS = {
                                  "train.max_steps=34000"])]),
     "babi": ("val", [("RN (joint, 20 tasks)", "configs/babi.yaml", "runs/babi")]),
     "physics_connections": ("test", [
+        ("RN, per-pair read-out, then cosine decay, best by validation", "configs/physics_connections.yaml",
+         "runs/physics_connections_pairs_anneal",
+         [["model.readout=pairs", "model.precise_first_layer=true", "train.max_steps=15000"],
+          ["model.readout=pairs", "model.precise_first_layer=true", "train.epochs=28", "train.lr_schedule=cosine",
+           "train.keep_best=scenes_all_correct", "train.time_limit_minutes=275"]]),
         ("RN, per-pair read-out", "configs/physics_connections.yaml", "runs/physics_connections_pairs",
          ["model.readout=pairs", "model.precise_first_layer=true", "train.time_limit_minutes=140"]),
         ("RN, paper read-out", "configs/physics_connections.yaml", "runs/physics_connections_precise",
@@ -103,6 +110,16 @@ def section(task, split, runs):
              if (differences := _config_drift(config, run_dir))]
     if drift:
         info += ["", "Runs whose saved `config.yaml` differs from the config file as it is now:", *drift]
+    staged = [f"- {label}: " + "; then ".join(f"`{' '.join(_train_command(config, run_dir, stage))}`" for stage in stages)
+              for label, config, run_dir, _ in runs if len(stages := _stages(task, label)) > 1]
+    if staged:
+        info += ["", "Runs trained in stages (one run directory; each command resumes where the previous stopped, "
+                 "the table shows the last):", *staged]
+    best = [f"- {label}: the model of epoch {m['best']['epoch']} (step {m['best']['step']:,}), best validation "
+            f"{m['best']['metric']} {_pct(m['best']['value'])}% (`train.keep_best`)" for label, _, _, m in runs
+            if m.get("best")]
+    if best:
+        info += ["", "Evaluated models kept by validation rather than the last:", *best]
     hardware = runs[0][3]["hardware"]
     return (
         f"Split: `{split}` ({reports[0][1]['examples']:,} examples). Hardware: {hardware['cpu']}, "
@@ -110,6 +127,22 @@ def section(task, split, runs):
         f"{header}\n" + "\n".join(rows) + "\n\n" + "\n".join(info) + "\n\n" + "\n".join(figures) + "\n\n"
         f"Regenerate: `python tools/reproduce.py --task {task}` (add `--train` to train the runs first).\n"
     )
+
+
+def _stages(task, label):
+    """The --set override lists of a run's training stages (one stage for most runs)."""
+    for spec_label, _, _, *overrides in REPRODUCTIONS[task][1]:
+        if spec_label == label:
+            overrides = overrides[0] if overrides else []
+            return overrides if overrides and isinstance(overrides[0], list) else [overrides]
+    return [[]]
+
+
+def _train_command(config, run_dir, overrides):
+    command = ["python", "tools/train.py", "--config", config]
+    for override in overrides:
+        command += ["--set", override]
+    return command + ["--run_dir", run_dir]
 
 
 def _flatten(tree, prefix=""):
@@ -151,11 +184,9 @@ def main(argv):
     split, specs = REPRODUCTIONS[FLAGS.task]
     split = FLAGS.split or split
     runs = []
-    for label, config, run_dir, *overrides in specs:
-        if FLAGS.train:
-            command = [sys.executable, os.path.join(ROOT, "tools", "train.py"), "--config", config, "--run_dir", run_dir]
-            for override in (overrides[0] if overrides else []) + FLAGS.set:
-                command += ["--set", override]
+    for label, config, run_dir, *_ in specs:
+        for stage in _stages(FLAGS.task, label) if FLAGS.train else []:
+            command = [sys.executable] + _train_command(config, run_dir, stage + FLAGS.set)[1:]
             print("+", " ".join(command), flush=True)
             if subprocess.run(command, cwd=ROOT).returncode != 0:
                 raise UserError(f"Training {label} failed; see its output above.")
