@@ -169,14 +169,16 @@ def _by_name(variables, name, owner):
 class BestModel:
     """`train.keep_best`: keeps the model of the validation evaluation where `metric` (higher is better) peaked.
 
-    The model's variables are checkpointed in `directory` (one checkpoint) with `best.json` beside it, so the best
-    point survives a resumed run. Used by the chief only.
+    The model's variables are checkpointed in `directory` with `best.json` beside it naming the checkpoint, so the
+    best point survives a resumed run. The previous best checkpoint is kept until `best.json` names the new one: a
+    kill in between leaves a consistent pair. Used by the chief only.
     """
 
     def __init__(self, metric, model, directory, log=print):
         self.metric = metric
+        self.directory = directory
         self.checkpoint = make_checkpoint(model)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=1)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
         self.record_path = os.path.join(directory, BEST_FILE)
         self.log = log
         self.record = self._load()
@@ -184,14 +186,17 @@ class BestModel:
     def _load(self):
         import json
 
-        if not os.path.exists(self.record_path) or self.manager.latest_checkpoint is None:
-            return None
         try:
             with open(self.record_path) as f:
                 record = json.load(f)
         except (OSError, ValueError):
             return None
-        return record if record.get("metric") == self.metric else None
+        if record.get("metric") != self.metric or not tf.io.gfile.exists(self._path(record) + ".index"):
+            return None
+        return record
+
+    def _path(self, record):
+        return os.path.join(self.directory, record["checkpoint"])
 
     def check(self, metrics):
         if self.metric not in metrics:
@@ -216,7 +221,7 @@ class BestModel:
         """Load the best model's variables into the model; returns the record (None if nothing was kept)."""
         if self.record is None:
             return None
-        self.checkpoint.read(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        self.checkpoint.read(self._path(self.record)).assert_existing_objects_matched()
         return self.record
 
 
