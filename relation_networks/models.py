@@ -1,6 +1,36 @@
 """Pieces shared by the task model builders."""
 
+import dataclasses
+import typing
+
 import keras
+
+from relation_networks.config import choice
+from relation_networks.layers import RelationalMemory
+
+
+@dataclasses.dataclass
+class RelationalMemorySettings:
+    """The `model:` keys of a Relational Memory Core, shared by every task that offers `type: rmc`."""
+
+    mem_slots: int = 4
+    head_size: int = 64
+    num_heads: int = 4
+    num_blocks: int = 1
+    attention_mlp_layers: int = 2
+    gate_style: typing.Optional[str] = choice("unit", ("unit", "memory", None))
+    forget_bias: float = 1.0
+    input_bias: float = 0.0
+    key_size: typing.Optional[int] = None
+
+
+def relational_memory(settings, name="relational_memory"):
+    """A `RelationalMemory` cell from a model config holding the `RelationalMemorySettings` keys."""
+    return RelationalMemory(
+        settings.mem_slots, settings.head_size, num_heads=settings.num_heads, num_blocks=settings.num_blocks,
+        forget_bias=settings.forget_bias, input_bias=settings.input_bias, gate_style=settings.gate_style,
+        attention_mlp_layers=settings.attention_mlp_layers, key_size=settings.key_size, name=name,
+    )
 
 
 def mlp(h, units, prefix):

@@ -12,8 +12,8 @@ from relation_networks.config import choice
 from relation_networks.data import nth_farthest as nf
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
-from relation_networks.layers import RelationalMemory, RelationModule
-from relation_networks.models import logits_model, mlp
+from relation_networks.layers import RelationModule
+from relation_networks.models import RelationalMemorySettings, logits_model, mlp, relational_memory
 from relation_networks.tasks.base import Task
 
 
@@ -29,17 +29,8 @@ class NthFarthestData:
 
 
 @dataclasses.dataclass
-class NthFarthestModel:
+class NthFarthestModel(RelationalMemorySettings):
     type: str = choice("rmc", ("rmc", "lstm", "rn"))
-    mem_slots: int = 4
-    head_size: int = 64
-    num_heads: int = 4
-    num_blocks: int = 1
-    attention_mlp_layers: int = 2
-    gate_style: typing.Optional[str] = choice("unit", ("unit", "memory", None))
-    forget_bias: float = 1.0
-    input_bias: float = 0.0
-    key_size: typing.Optional[int] = None
     lstm_units: int = 512  # the LSTM baseline
     # type "rn": a Relation Network over the set of vectors (each `[vector, one-hot id]`), conditioned on the
     # question `[one-hot m, one-hot n - 1]`; f_phi is mlp_units + the linear logits. A non-recurrent reference
@@ -54,14 +45,7 @@ def build_model(model_config, data_config):
     steps = data_config.num_vectors
     sequence = keras.Input((steps, nf.input_dim(data_config.num_vectors, data_config.vector_dim)), name="sequence")
     if model_config.type == "rmc":
-        cell = RelationalMemory(
-            model_config.mem_slots, model_config.head_size, num_heads=model_config.num_heads,
-            num_blocks=model_config.num_blocks, forget_bias=model_config.forget_bias,
-            input_bias=model_config.input_bias, gate_style=model_config.gate_style,
-            attention_mlp_layers=model_config.attention_mlp_layers, key_size=model_config.key_size,
-            name="relational_memory",
-        )
-        h = keras.layers.RNN(cell, unroll=True, name="rmc")(sequence)
+        h = keras.layers.RNN(relational_memory(model_config), unroll=True, name="rmc")(sequence)
     elif model_config.type == "rn":
         width = data_config.vector_dim + data_config.num_vectors
         objects, question = sequence[:, :, :width], sequence[:, 0, width:]  # the question is on every step
