@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -224,21 +226,28 @@ def test_probe_state_grid_layout_places_each_object_in_its_cell(trained_run, tmp
     assert report["layout"] == "grid" and report["objects"] == 25
 
 
-def test_reproduce_section_names_every_stage_and_the_kept_model(trained_run, monkeypatch, tmp_path):
-    import sys
-
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import reproduce
-
+def test_reproduce_section_names_every_stage_and_the_kept_model(trained_run, tmp_path):
+    # In a fresh interpreter: tools define absl flags at import, which other tools imported by tests may share.
     run_dir, _, _ = trained_run
     config = os.path.join(ROOT, "configs/sort_of_clevr.yaml")
-    stages = [["train.max_steps=10"], ["train.lr_schedule=cosine", "train.keep_best=accuracy"]]
-    monkeypatch.setitem(reproduce.REPRODUCTIONS, "demo", ("test", [("staged run", config, run_dir, stages)]))
-    monkeypatch.setattr(reproduce, "ROOT", str(tmp_path))  # figures go to tmp_path/docs/figures
     with open(os.path.join(run_dir, "metrics.json")) as f:
         metrics = json.load(f)
     metrics["best"] = {"metric": "accuracy", "value": 0.5, "epoch": 1, "step": 30, "checkpoint": "ckpt-30"}
-    text = reproduce.section("demo", "test", [("staged run", config, run_dir, metrics)])
+    with open(tmp_path / "metrics.json", "w") as f:
+        json.dump(metrics, f)
+    script = f"""
+import json, sys
+sys.path.insert(0, {os.path.join(ROOT, "tools")!r})
+import reproduce
+stages = [["train.max_steps=10"], ["train.lr_schedule=cosine", "train.keep_best=accuracy"]]
+reproduce.REPRODUCTIONS["demo"] = ("test", [("staged run", {config!r}, {run_dir!r}, stages)])
+reproduce.ROOT = {str(tmp_path)!r}  # figures go to tmp_path/docs/figures
+metrics = json.load(open({str(tmp_path / "metrics.json")!r}))
+print(reproduce.section("demo", "test", [("staged run", {config!r}, {run_dir!r}, metrics)]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout
     assert f"`python tools/train.py --config {config} --set train.max_steps=10 --run_dir {run_dir}`; then " in text
     assert "--set train.lr_schedule=cosine --set train.keep_best=accuracy" in text
     assert "staged run: the model of epoch 1 (step 30), best validation accuracy 50.0%" in text
