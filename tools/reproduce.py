@@ -52,7 +52,7 @@ REPRODUCTIONS = {
          "runs/physics_connections_pairs_small",
          ["model.readout=pairs", "model.precise_first_layer=true", "model.g_units=[256,256,256,256]",
           "model.f_units=[256,64]", "train.learning_rate=3e-4", "train.lr_schedule=cosine", "train.warmup_steps=1000",
-          "train.epochs=80", "train.keep_best=scenes_all_correct", "train.time_limit_minutes=105"]),
+          "train.epochs=80", "train.keep_best=scenes_all_correct", "train.time_limit_minutes=125"]),
         ("RN, per-pair read-out", "configs/physics_connections.yaml", "runs/physics_connections_pairs",
          ["model.readout=pairs", "model.precise_first_layer=true", "train.time_limit_minutes=140"]),
         ("RN, paper read-out", "configs/physics_connections.yaml", "runs/physics_connections_precise",
