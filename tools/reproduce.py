@@ -107,7 +107,7 @@ def section(task, split, runs):
         minutes = m["train_seconds"] / 60
         info.append(f"| {label} | `{config}` | {m['step']:,} / {m['total_steps']:,} | {m['epochs_completed']} | "
                     f"{minutes:.1f} min | {'yes' if m['complete'] else 'no (' + str(m.get('stopped')) + ')'} | "
-                    f"{m['seed']} | `{'python ' + m['command'] if m.get('command') else f'python tools/train.py --config {config} --run_dir {run_dir}'}` |")
+                    f"{m['seed']} | `{'python ' + m['command'] if m.get('command') else ' '.join(_train_command(config, run_dir, []))}` |")
         figure = os.path.join("docs", "figures", f"{os.path.basename(run_dir)}.png")
         plots.learning_curve(os.path.join(ROOT, run_dir), os.path.join(ROOT, figure), m["history"], f"{task}: {label}")
         figures.append(f"![{label} learning curve](figures/{os.path.basename(figure)})")
