@@ -85,7 +85,9 @@ def test_unlinked_balls_move_independently():
 
 @pytest.mark.parametrize("config, extra", [("physics_connections", []), ("physics_count", []),
                                            ("physics_count_mlp", []),
-                                           ("physics_connections", ["model.readout=pairs"])])
+                                           ("physics_connections", ["model.readout=pairs"]),
+                                           ("physics_connections", ["model.readout=pairs", "model.context_units=4",
+                                                                    "model.context_g_units=[8]", "data.augment=true"])])
 def test_tiny_training_evaluation_and_export(config, extra, tmp_path_factory):
     base = tmp_path_factory.mktemp(config)
     run_dir = str(base / "run")
@@ -228,4 +230,91 @@ def test_pair_readout_needs_the_connections_rn(tmp_path):
     result = run_tool("train", "--config", "configs/physics_count.yaml", "--set", "model.readout=pairs",
                       "--set", f"data.dir={tmp_path}/data", "--run_dir", str(tmp_path / "run"))
     assert result.returncode == 2 and "model.readout=pairs" in result.stderr
+    assert not os.path.exists(tmp_path / "run")
+
+
+def _dihedral_images(trajectory):
+    """The 8 images of one ball's `[2 * frames]` x/y trajectory under the square table's symmetries."""
+    frames = len(trajectory) // 2
+    x, y = trajectory[:frames], trajectory[frames:]
+    images = []
+    for sx in (1, -1):
+        for sy in (1, -1):
+            images += [np.concatenate([sx * x, sy * y]), np.concatenate([sy * y, sx * x])]
+    return images
+
+
+def test_augmentation_only_in_training_and_keeps_every_label(tmp_path):
+    from relation_networks import config as config_lib
+    from relation_networks import tasks
+
+    task = tasks.get("physics")
+    config = config_lib.load("configs/physics_connections.yaml", [
+        f"data.dir={tmp_path}/data", "data.train_scenes=6", "data.val_scenes=2", "data.test_scenes=2",
+        "data.workers=1", "data.augment=true"])
+    task.prepare(config, log=lambda *_: None)
+    plain = [(f["balls"].numpy(), c.numpy()) for f, c in task.dataset(config, "train", shuffle=False)]
+    evaluated = [(f["balls"].numpy(), c.numpy()) for f, c in task.dataset(config, "train", training=False)]
+    augmented = [(f["balls"].numpy(), c.numpy())
+                 for f, c in task.dataset(config, "train", training=True, shuffle=False, seed=3)]
+    again = [f["balls"].numpy() for f, _ in task.dataset(config, "train", training=True, shuffle=False, seed=3)]
+    other_epoch = [f["balls"].numpy() for f, _ in task.dataset(config, "train", training=True, shuffle=False, seed=4)]
+    for (a, _), (b, _) in zip(plain, evaluated):
+        np.testing.assert_array_equal(a, b)  # evaluation sees the scenes as simulated
+    assert all(np.array_equal(a, b) for a, (b, _) in zip(again, augmented))  # deterministic from the seed
+    assert not all(np.array_equal(a, b) for a, b in zip(again, other_epoch))  # a new symmetry each epoch
+    changed = 0
+    for (balls, connections), (new_balls, new_connections) in zip(plain, augmented):
+        np.testing.assert_array_equal(new_balls[:, 32], balls[:, 32])  # colours stay with the row
+        # Independently: find the simulated ball behind every augmented row (its trajectory is one of that
+        # ball's 8 symmetric images, the same symmetry for all rows), then the labels must follow the balls.
+        source = []
+        for row in new_balls[:, :32]:
+            matches = [k for k in range(10) if any(np.allclose(row, im) for im in _dihedral_images(balls[k, :32]))]
+            assert len(matches) == 1
+            source.append(matches[0])
+        assert sorted(source) == list(range(10))
+        expected = connections.reshape(10, 10)[np.ix_(source, source)]
+        np.testing.assert_array_equal(new_connections.reshape(10, 10), expected)
+        assert physics.components(expected) == physics.components(connections.reshape(10, 10))
+        changed += not np.array_equal(new_balls, balls)
+    assert changed >= 5
+
+
+def test_context_stage_lets_every_pair_see_the_other_balls(tmp_path):
+    import keras
+
+    from relation_networks import config as config_lib
+    from relation_networks.tasks.physics import build_model
+
+    balls = np.random.default_rng(0).normal(size=(2, 10, 33)).astype(np.float32)
+    balls[..., 32] = np.arange(10) / 9
+    moved = balls.copy()
+    moved[:, 3, :16] += 0.3
+    for context_units in (0, 4):
+        config = config_lib.load("configs/physics_connections.yaml", [
+            "model.g_units=[16,16]", "model.f_units=[8]", "model.readout=pairs",
+            f"model.context_units={context_units}", "model.context_g_units=[8]"])
+        keras.utils.set_random_seed(0)
+        model = build_model(config.model, config.data)
+        logits = keras.ops.convert_to_numpy(model({"balls": balls})).reshape(2, 10, 10)
+        np.testing.assert_allclose(logits, logits.transpose(0, 2, 1), rtol=1e-6)
+        assert (np.diagonal(logits, axis1=1, axis2=2) < -10).all()
+        after = keras.ops.convert_to_numpy(model({"balls": moved})).reshape(2, 10, 10)
+        # Ball 3 moved: pair (0, 1) does not involve it, and changes only through the context stage.
+        assert (abs(after[:, 0, 1] - logits[:, 0, 1]).max() > 1e-6) == bool(context_units)
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded({"balls": balls})).reshape(2, 10, 10), logits,
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["model.context_units=8"], "needs model.readout=pairs"),
+    (["model.readout=pairs", "model.context_units=-1"], "model.context_units must be 0"),
+])
+def test_context_stage_bad_config_is_one_clear_error(sets, message, tmp_path):
+    args = [a for s in sets + [f"data.dir={tmp_path}/data"] for a in ("--set", s)]
+    result = run_tool("train", "--config", "configs/physics_connections.yaml", "--run_dir", str(tmp_path / "run"), *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert not os.path.exists(tmp_path / "run")

@@ -33,6 +33,11 @@ class PhysicsData:
     stiffness: float = physics.STIFFNESS  # springs (unit masses)
     spring_damping: float = physics.SPRING_DAMPING
     workers: int = 0  # simulation processes (0: one per core)
+    # Training only: each scene is shown under a random symmetry of the simulation that keeps its labels -- one of
+    # the square table's 8 reflections/rotations (x -> -x, y -> -y, swap x and y), and a random renaming of the
+    # balls (rows and the connection matrix permuted alike; each row keeps the colour of its position), since which
+    # ball is linked to which is drawn independently of its index.
+    augment: bool = False
 
 
 @dataclasses.dataclass
@@ -55,6 +60,13 @@ class PhysicsModel:
     # reserved for that pair. "pairs": no sum; f_phi reads each pair's relation and outputs that pair's logit
     # (RelationModule(aggregation="none")), symmetrised over (i, j) and (j, i). Connections only.
     readout: str = choice("aggregate", ("aggregate", "pairs"))
+    # With readout=pairs: a first relation stage gives every ball the context of its relations to all the others
+    # before the pairs are read out (0: none). Its g_theta (`context_g_units`) and a linear layer map each pair to a
+    # `context_units`-wide message; each ball's row gets the mean of the messages of its pairs with the other balls
+    # appended (`PairContext`). The read-out of a pair then also sees how each of its two balls relates to the rest
+    # -- e.g. that both are linked to a third ball, which keeps an unlinked pair's distance nearly constant too.
+    context_units: int = 0
+    context_g_units: typing.List[int] = dataclasses.field(default_factory=lambda: [128, 128])
 
 
 @keras.saving.register_keras_serializable(package="relation_networks")
@@ -100,6 +112,38 @@ class PairLogits(keras.layers.Layer):
         return (input_shape[0], input_shape[1] * input_shape[2])
 
 
+def augment(balls, connections, seed, frames):
+    """A random symmetry of one scene (`PhysicsData.augment`): `balls [n, 2 * frames + 1]`, `connections [n * n]`
+    -> the same scene reflected/rotated and with its balls renamed. `seed` is a `[2]` stateless seed."""
+    flip_seed, order_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    flips = tf.random.stateless_uniform((3,), flip_seed) < 0.5
+    x, y, colour = balls[:, :frames], balls[:, frames:2 * frames], balls[:, 2 * frames:]
+    x = tf.where(flips[0], -x, x)
+    y = tf.where(flips[1], -y, y)
+    x, y = tf.where(flips[2], y, x), tf.where(flips[2], x, y)
+    n = balls.shape[0]
+    order = tf.random.experimental.stateless_shuffle(tf.range(n), order_seed)
+    renamed = tf.concat([tf.gather(x, order), tf.gather(y, order), colour], axis=1)
+    matrix = tf.reshape(connections, (n, n))
+    matrix = tf.gather(tf.gather(matrix, order, axis=0), order, axis=1)
+    return renamed, tf.reshape(matrix, (n * n,))
+
+
+@keras.saving.register_keras_serializable(package="relation_networks")
+class PairContext(keras.layers.Layer):
+    """Objects `[B, n, d]` and per-pair messages `[B, n, n, c]` -> `[B, n, d + c]`: each object's row with the mean
+    of the messages of its pairs `(i, j)`, `j != i`, appended."""
+
+    def call(self, objects, messages):
+        n = messages.shape[1]
+        off_diagonal = 1.0 - keras.ops.eye(n, dtype=messages.dtype)
+        context = keras.ops.sum(messages * off_diagonal[None, :, :, None], axis=2) / (n - 1)
+        return keras.ops.concatenate([objects, keras.ops.cast(context, objects.dtype)], axis=-1)
+
+    def compute_output_shape(self, objects_shape, messages_shape):
+        return tuple(objects_shape[:-1]) + (objects_shape[-1] + messages_shape[-1],)
+
+
 def simulation_settings(data_config):
     """The keyword arguments of `physics.simulate_scene` that a data config sets, checked (`ConfigError`)."""
     d = data_config
@@ -116,6 +160,11 @@ def check_readout(model_config, data_config):
     if model_config.readout == "pairs" and (model_config.type != "rn" or data_config.target != "connections"):
         raise ConfigError("model.readout=pairs reads one connection logit per pair: it needs model.type=rn and "
                           f"data.target=connections (got {model_config.type} and {data_config.target}).")
+    if model_config.context_units < 0:
+        raise ConfigError(f"model.context_units must be 0 (no context stage) or positive, got {model_config.context_units}.")
+    if model_config.context_units and model_config.readout != "pairs":
+        raise ConfigError("model.context_units adds a context stage before the per-pair read-out: it needs "
+                          f"model.readout=pairs (got {model_config.readout}).")
 
 
 def build_model(model_config, data_config):
@@ -129,6 +178,11 @@ def build_model(model_config, data_config):
                else balls)
     check_readout(model_config, data_config)
     if model_config.readout == "pairs":
+        if model_config.context_units:
+            messages = RelationModule(model_config.context_g_units, [model_config.context_units], aggregation="none",
+                                      precise_first_layer=model_config.precise_first_layer,
+                                      name="context_module")(objects)
+            objects = PairContext(name="pair_context", dtype="float32")(objects, messages)
         pair_logits = RelationModule(model_config.g_units, list(model_config.f_units) + [1], aggregation="none",
                                      precise_first_layer=model_config.precise_first_layer,
                                      name="relation_module")(objects)
@@ -174,6 +228,13 @@ class Physics(Task):
         if training if shuffle is None else shuffle:
             ds = ds.shuffle(100_000, seed=seed, reshuffle_each_iteration=False)
         ds = self.shard(ds, input_context)
+        if training and d.augment:
+            def augmented(index, example):
+                balls, connections, systems = example
+                balls, connections = augment(balls, connections, tf.stack([tf.cast(seed, tf.int64), index]), d.frames)
+                return balls, connections, systems
+
+            ds = ds.enumerate().map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
         if d.target == "connections":
             return ds.map(lambda o, c, s: ({"balls": o}, c))
         return ds.map(lambda o, c, s: ({"balls": o}, tf.cast(s - 1, tf.int32)))
