@@ -106,11 +106,26 @@ def restore_latest(checkpoint, manager, log=print):
             log(f"WARNING: checkpoint {path} could not be restored ({first_line}); trying the previous one.")
             errors.append(first_line)
     if errors:
+        if _old_optimizer_layout(manager.checkpoints[-1]):
+            raise UserError(
+                f"The checkpoints in {manager.directory} hold the optimizer in the layout used before its state was "
+                "saved by name (so that a resume may change the learning rate), which this version cannot resume. "
+                "Its model.keras and metrics stay usable; to continue training, start a new run_dir."
+            )
         raise UserError(
             f"None of the checkpoints in {manager.directory} could be restored (last error: {errors[-1]}). "
             "If the config changed the model, train into a new run_dir."
         )
     return None
+
+
+def _old_optimizer_layout(path):
+    """True for a checkpoint that holds the whole optimizer object (`optimizer/...`) instead of its state by name."""
+    try:
+        top = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(path)}
+    except Exception:  # noqa: BLE001  an unreadable checkpoint is reported by the caller
+        return False
+    return "optimizer" in top and "optimizer_state" not in top
 
 
 class _Progress:

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -162,3 +163,25 @@ def test_a_resumed_run_follows_a_changed_learning_rate_and_schedule(tmp_path):
                      "train.log_every_steps=1")
     training.train(config, log=lines.append)
     assert set(_logged_rates(lines).values()) == {5e-5}  # back to a constant rate: the config's, not a saved one
+
+
+def test_a_checkpoint_in_the_old_optimizer_layout_gets_its_own_message(tmp_path):
+    """Checkpoints that hold the whole optimizer object (before its state was saved by name) cannot be resumed: the
+    error says why instead of the generic "could not be restored", and nothing in the run directory is touched."""
+    config = _config(tmp_path, "train.epochs=1")
+    training.train(config, log=lambda *a: None)
+    directory = os.path.join(config.run_dir, "checkpoints")
+    from relation_networks.optimizers import LayerwiseAdam
+
+    model = _load_model(config)
+    optimizer = LayerwiseAdam(1e-3)
+    optimizer.build(model.trainable_variables)
+    old = tf.train.Checkpoint(model_variables={v.path.replace("/", "."): v for v in model.variables},
+                              optimizer=optimizer, train_seconds=tf.Variable(1.0, dtype=tf.float64))
+    shutil.rmtree(directory)  # as if every checkpoint had been written by the old version
+    tf.train.CheckpointManager(old, directory, max_to_keep=20).save(checkpoint_number=10_000)
+    before = sorted(os.listdir(config.run_dir)), sorted(os.listdir(directory))
+    config = _config(tmp_path, "train.epochs=2")
+    with pytest.raises(UserError, match="layout used before its state was saved by name"):
+        training.train(config, log=lambda *a: None)
+    assert (sorted(os.listdir(config.run_dir)), sorted(os.listdir(directory))) == before
