@@ -27,6 +27,11 @@ PREAMBLE = (
 # task -> (split to report, [(label, config, run directory[, --set overrides of that run])]); the overrides may also
 # be a list of stages (lists of overrides), trained one after the other in the same run directory (each resumes
 # the previous), e.g. a constant learning rate first and then a cosine decay from where it stopped.
+# The per-pair physics recipe of session 8 (g 4 x 256, Adam 3e-4 with warm-up and an 80-epoch cosine decay, the
+# best model by validation); later rows add to it.
+_SMALL_PAIRS = ["model.readout=pairs", "model.precise_first_layer=true", "model.g_units=[256,256,256,256]",
+                "model.f_units=[256,64]", "train.learning_rate=3e-4", "train.lr_schedule=cosine",
+                "train.warmup_steps=1000", "train.epochs=80", "train.keep_best=scenes_all_correct"]
 REPRODUCTIONS = {
     "sort_of_clevr": ("test", [("CNN+RN", "configs/sort_of_clevr.yaml", "runs/sort_of_clevr_g4"),
                                ("CNN+RN, one question per image", "configs/sort_of_clevr.yaml", "runs/sort_of_clevr",
@@ -49,12 +54,15 @@ REPRODUCTIONS = {
           ["model.readout=pairs", "model.precise_first_layer=true", "train.epochs=28", "train.lr_schedule=cosine",
            "train.keep_best=scenes_all_correct", "train.time_limit_minutes=275"]]),
         ("RN, per-pair read-out, g 4 x 256, cosine, best by validation", "configs/physics_connections.yaml",
-         "runs/physics_connections_pairs_small",
-         ["model.readout=pairs", "model.precise_first_layer=true", "model.g_units=[256,256,256,256]",
-          "model.f_units=[256,64]", "train.learning_rate=3e-4", "train.lr_schedule=cosine", "train.warmup_steps=1000",
-          "train.epochs=80", "train.keep_best=scenes_all_correct", "train.time_limit_minutes=125"]),
-        ("RN, per-pair read-out", "configs/physics_connections.yaml", "runs/physics_connections_pairs",
-         ["model.readout=pairs", "model.precise_first_layer=true", "train.time_limit_minutes=140"]),
+         "runs/physics_connections_pairs_small", _SMALL_PAIRS + ["train.time_limit_minutes=125"]),
+        ("RN, per-pair read-out, g 4 x 256, cosine, augmented", "configs/physics_connections.yaml",
+         "runs/physics_connections_pairs_small_augment",
+         [_SMALL_PAIRS + ["data.augment=true", "train.max_steps=16000"],
+          _SMALL_PAIRS + ["data.augment=true", "train.time_limit_minutes=140"]]),
+        ("RN, per-pair read-out with a context stage, g 4 x 256, cosine, augmented", "configs/physics_connections.yaml",
+         "runs/physics_connections_pairs_context_augment",
+         [_SMALL_PAIRS + ["model.context_units=32", "data.augment=true", "train.max_steps=13000"],
+          _SMALL_PAIRS + ["model.context_units=32", "data.augment=true", "train.time_limit_minutes=140"]]),
         ("RN, paper read-out", "configs/physics_connections.yaml", "runs/physics_connections_precise",
          ["model.precise_first_layer=true", "train.time_limit_minutes=30"]),
         ("MLP", "configs/physics_connections_mlp.yaml", "runs/physics_connections_mlp",
