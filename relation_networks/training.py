@@ -386,7 +386,8 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
         epoch_end = min((epoch + 1) * steps_per_epoch, stop_step)
         loss_sum = correct_sum = 0.0
         count = 0
-        tick, tick_step = time.perf_counter(), step
+        tick = time.perf_counter()
+        interval_start, interval_step = tick, step  # the rate logged is the mean over the logging interval
         while step < epoch_end:
             loss, correct = train_step(iterator)
             step += 1
@@ -395,9 +396,10 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
             correct_sum += float(correct)
             now = time.perf_counter()
             train_seconds.assign_add(now - tick)
-            rate = (step - tick_step) * global_batch / max(now - tick, 1e-9)
-            tick, tick_step = now, step
+            tick = now
             if step % train_cfg.log_every_steps == 0 or step == epoch_end:
+                rate = (step - interval_step) * global_batch / max(now - interval_start, 1e-9)
+                interval_start, interval_step = now, step
                 lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
                 with writers["train"].as_default(step=step):
                     tf.summary.scalar("loss", loss_sum / count)
