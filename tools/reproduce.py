@@ -24,14 +24,14 @@ PREAMBLE = (
     "# Results\n\nEvery number below was written by `tools/reproduce.py` (or `tools/benchmark.py`) from the runs' "
     "`metrics.json` files; each section names the commands, hardware, seeds and training wall time.\n"
 )
-# task -> (split to report, [(label, config, run directory[, --set overrides of that run])]); the overrides may also
-# be a list of stages (lists of overrides), trained one after the other in the same run directory (each resumes
-# the previous), e.g. a constant learning rate first and then a cosine decay from where it stopped.
 # The per-pair physics recipe of session 8 (g 4 x 256, Adam 3e-4 with warm-up and an 80-epoch cosine decay, the
 # best model by validation); later rows add to it.
 _SMALL_PAIRS = ["model.readout=pairs", "model.precise_first_layer=true", "model.g_units=[256,256,256,256]",
                 "model.f_units=[256,64]", "train.learning_rate=3e-4", "train.lr_schedule=cosine",
                 "train.warmup_steps=1000", "train.epochs=80", "train.keep_best=scenes_all_correct"]
+# task -> (split to report, [(label, config, run directory[, --set overrides of that run])]); the overrides may also
+# be a list of stages (lists of overrides), trained one after the other in the same run directory (each resumes
+# the previous), e.g. a constant learning rate first and then a cosine decay from where it stopped.
 REPRODUCTIONS = {
     "sort_of_clevr": ("test", [("CNN+RN", "configs/sort_of_clevr.yaml", "runs/sort_of_clevr_g4"),
                                ("CNN+RN, one question per image", "configs/sort_of_clevr.yaml", "runs/sort_of_clevr",
@@ -85,6 +85,14 @@ def _pct(value):
     return "" if value is None else f"{100 * value:.1f}"
 
 
+def _completion(metrics):
+    """The "complete" cell: whether the run trained its whole schedule, and if not what stopped it."""
+    if metrics["step"] >= metrics["total_steps"]:
+        return "yes"
+    # The trainer calls a run complete when it reached the step the command asked for, e.g. train.max_steps.
+    return "no (train.max_steps)" if metrics["complete"] else f"no ({metrics.get('stopped')})"
+
+
 def section(task, split, runs):
     """Markdown for one task from `[(label, config, run_dir, metrics)]`."""
     reports = [(label, m["evaluation"].get(split)) for label, _, _, m in runs]
@@ -109,7 +117,7 @@ def section(task, split, runs):
     for label, config, run_dir, m in runs:
         minutes = m["train_seconds"] / 60
         info.append(f"| {label} | `{config}` | {m['step']:,} / {m['total_steps']:,} | {m['epochs_completed']} | "
-                    f"{minutes:.1f} min | {'yes' if m['complete'] else 'no (' + str(m.get('stopped')) + ')'} | "
+                    f"{minutes:.1f} min | {_completion(m)} | "
                     f"{m['seed']} | `{'python ' + m['command'] if m.get('command') else ' '.join(_train_command(config, run_dir, []))}` |")
         figure = os.path.join("docs", "figures", f"{os.path.basename(run_dir)}.png")
         plots.learning_curve(os.path.join(ROOT, run_dir), os.path.join(ROOT, figure), m["history"], f"{task}: {label}")
