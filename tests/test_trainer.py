@@ -176,7 +176,7 @@ def test_a_checkpoint_in_the_old_optimizer_layout_gets_its_own_message(tmp_path)
     model = _load_model(config)
     optimizer = LayerwiseAdam(1e-3)
     optimizer.build(model.trainable_variables)
-    old = tf.train.Checkpoint(model_variables={v.path.replace("/", "."): v for v in model.variables},
+    old = tf.train.Checkpoint(model_variables=training._by_name(model.variables, lambda v: v.path, "model"),
                               optimizer=optimizer, train_seconds=tf.Variable(1.0, dtype=tf.float64))
     shutil.rmtree(directory)  # as if every checkpoint had been written by the old version
     tf.train.CheckpointManager(old, directory, max_to_keep=20).save(checkpoint_number=10_000)

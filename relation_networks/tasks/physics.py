@@ -158,7 +158,8 @@ def simulation_settings(data_config):
 
 
 def check_readout(model_config, data_config):
-    """`ConfigError` unless the read-out suits the model and target (checked before any data is simulated)."""
+    """`ConfigError` unless the read-out, and the context stage before it, suit the model and target (checked
+    before any data is simulated)."""
     if model_config.readout == "pairs" and (model_config.type != "rn" or data_config.target != "connections"):
         raise ConfigError("model.readout=pairs reads one connection logit per pair: it needs model.type=rn and "
                           f"data.target=connections (got {model_config.type} and {data_config.target}).")
