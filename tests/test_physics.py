@@ -87,7 +87,8 @@ def test_unlinked_balls_move_independently():
                                            ("physics_count_mlp", []),
                                            ("physics_connections", ["model.readout=pairs"]),
                                            ("physics_connections", ["model.readout=pairs", "model.context_units=4",
-                                                                    "model.context_g_units=[8]", "data.augment=true"])])
+                                                                    "model.context_g_units=[8]", "data.augment=true"]),
+                                           ("physics_count", ["model.context_units=4", "model.context_g_units=[8]"])])
 def test_tiny_training_evaluation_and_export(config, extra, tmp_path_factory):
     base = tmp_path_factory.mktemp(config)
     run_dir = str(base / "run")
@@ -310,7 +311,7 @@ def test_context_stage_lets_every_pair_see_the_other_balls(tmp_path):
 
 
 @pytest.mark.parametrize("sets, message", [
-    (["model.context_units=8"], "needs model.readout=pairs"),
+    (["model.type=mlp", "model.context_units=8"], "needs model.type=rn"),
     (["model.readout=pairs", "model.context_units=-1"], "model.context_units must be 0"),
 ])
 def test_context_stage_bad_config_is_one_clear_error(sets, message, tmp_path):

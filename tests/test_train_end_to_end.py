@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -252,3 +253,32 @@ print(reproduce.section("demo", "test", [("staged run", {config!r}, {run_dir!r},
     assert "--set train.lr_schedule=cosine --set train.keep_best=accuracy" in text
     assert "staged run: the model of epoch 1 (step 30), best validation accuracy 50.0%" in text
     assert os.path.exists(tmp_path / "docs" / "figures" / f"{os.path.basename(run_dir)}.png")
+
+
+def test_reproduce_reports_a_deleted_run_from_its_archive(trained_run, tmp_path):
+    run_dir, _, _ = trained_run
+    shutil.copytree(run_dir, tmp_path / "runs" / "demo")
+    config = os.path.join(ROOT, "configs/sort_of_clevr.yaml")
+    script = f"""
+import sys
+sys.path.insert(0, {os.path.join(ROOT, "tools")!r})
+import reproduce
+reproduce.REPRODUCTIONS["demo"] = ("test", [("the run", {config!r}, "runs/demo")])
+reproduce.ROOT = {str(tmp_path)!r}
+reproduce.FLAGS(["reproduce", "--task", "demo", "--results", "RESULTS.md"])
+reproduce.main([])
+"""
+
+    def regenerate():
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return (tmp_path / "RESULTS.md").read_text()
+
+    first = regenerate()
+    assert "| the run |" in first
+    assert sorted(os.listdir(tmp_path / "docs" / "runs" / "demo")) == ["config.yaml", "metrics.json"]
+    figure = tmp_path / "docs" / "figures" / "demo.png"
+    drawn = figure.read_bytes()
+    shutil.rmtree(tmp_path / "runs")
+    assert regenerate() == first  # the same section, from the archive
+    assert figure.read_bytes() == drawn  # the curve drawn from the run's logs is kept

@@ -4,7 +4,9 @@
     python tools/reproduce.py --task sort_of_clevr              # report from existing runs only
 
 Every number in the section comes from the runs' metrics.json (written by tools/train.py); the learning curves
-are drawn from their TensorBoard logs into docs/figures/.
+are drawn from their TensorBoard logs into docs/figures/. Each reported run's metrics.json and config.yaml are
+archived under docs/runs/<run name>/, and a run whose directory is gone (runs/ is not versioned) is reported
+from that archive, its learning curve kept as drawn.
 """
 
 import json
@@ -17,9 +19,11 @@ from absl import app, flags
 
 from relation_networks import plots
 from relation_networks.errors import UserError
-from relation_networks.io import write_markdown_section
+from relation_networks.io import atomic_write_text, write_markdown_section
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARCHIVE = os.path.join("docs", "runs")
+_ARCHIVED = ("metrics.json", "config.yaml")
 PREAMBLE = (
     "# Results\n\nEvery number below was written by `tools/reproduce.py` (or `tools/benchmark.py`) from the runs' "
     "`metrics.json` files; each section names the commands, hardware, seeds and training wall time.\n"
@@ -120,7 +124,9 @@ def section(task, split, runs):
                     f"{minutes:.1f} min | {_completion(m)} | "
                     f"{m['seed']} | `{'python ' + m['command'] if m.get('command') else ' '.join(_train_command(config, run_dir, []))}` |")
         figure = os.path.join("docs", "figures", f"{os.path.basename(run_dir)}.png")
-        plots.learning_curve(os.path.join(ROOT, run_dir), os.path.join(ROOT, figure), m["history"], f"{task}: {label}")
+        source = _source(run_dir)
+        if source == os.path.join(ROOT, run_dir) or not os.path.exists(os.path.join(ROOT, figure)):
+            plots.learning_curve(source, os.path.join(ROOT, figure), m["history"], f"{task}: {label}")
         figures.append(f"![{label} learning curve](figures/{os.path.basename(figure)})")
     drift = [f"- {label}: trained with {differences}" for label, config, run_dir, _ in runs
              if (differences := _config_drift(config, run_dir))]
@@ -143,6 +149,25 @@ def section(task, split, runs):
         f"{header}\n" + "\n".join(rows) + "\n\n" + "\n".join(info) + "\n\n" + "\n".join(figures) + "\n\n"
         f"Regenerate: `python tools/reproduce.py --task {task}` (add `--train` to train the runs first).\n"
     )
+
+
+def _archive_dir(run_dir):
+    return os.path.join(ROOT, ARCHIVE, os.path.basename(os.path.normpath(run_dir)))
+
+
+def _source(run_dir):
+    """Where a run's metrics.json and config.yaml are read: its directory while that holds them, else the archive."""
+    directory = os.path.join(ROOT, run_dir)
+    return directory if os.path.exists(os.path.join(directory, "metrics.json")) else _archive_dir(run_dir)
+
+
+def _archive(run_dir):
+    """Copy a run's metrics.json and config.yaml to docs/runs/<run name>/ (each written atomically)."""
+    for name in _ARCHIVED:
+        path = os.path.join(ROOT, run_dir, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                atomic_write_text(os.path.join(_archive_dir(run_dir), name), f.read())
 
 
 def _stages(task, label):
@@ -176,7 +201,7 @@ def _config_drift(config_file, run_dir):
     config file now (the run's overrides, or a file edited since), or "" when they agree."""
     from relation_networks import config as config_lib
 
-    saved = os.path.join(ROOT, run_dir, "config.yaml")
+    saved = os.path.join(_source(run_dir), "config.yaml")
     if not os.path.exists(saved):
         return ""
     import yaml
@@ -206,9 +231,11 @@ def main(argv):
             print("+", " ".join(command), flush=True)
             if subprocess.run(command, cwd=ROOT).returncode != 0:
                 raise UserError(f"Training {label} failed; see its output above.")
-        metrics_path = os.path.join(ROOT, run_dir, "metrics.json")
+        if os.path.exists(os.path.join(ROOT, run_dir, "metrics.json")):
+            _archive(run_dir)
+        metrics_path = os.path.join(_source(run_dir), "metrics.json")
         if not os.path.exists(metrics_path):
-            print(f"skipping {label}: no {metrics_path}", file=sys.stderr)
+            print(f"skipping {label}: no {os.path.join(run_dir, 'metrics.json')} (nor an archived copy)", file=sys.stderr)
             continue
         with open(metrics_path) as f:
             runs.append((label, config, run_dir, json.load(f)))

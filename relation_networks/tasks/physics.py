@@ -60,11 +60,13 @@ class PhysicsModel:
     # reserved for that pair. "pairs": no sum; f_phi reads each pair's relation and outputs that pair's logit
     # (RelationModule(aggregation="none")), symmetrised over (i, j) and (j, i). Connections only.
     readout: str = choice("aggregate", ("aggregate", "pairs"))
-    # With readout=pairs: a first relation stage gives every ball the context of its relations to all the others
-    # before the pairs are read out (0: none). Its g_theta (`context_g_units`) and a linear layer map each pair to a
+    # A first relation stage that gives every ball the context of its relations to all the others before the read-out
+    # (0: none; RN only, either read-out). Its g_theta (`context_g_units`) and a linear layer map each pair to a
     # `context_units`-wide message; each ball's row gets the mean of the messages of its pairs with the other balls
-    # appended (`PairContext`). The read-out of a pair then also sees how each of its two balls relates to the rest
-    # -- e.g. that both are linked to a third ball, which keeps an unlinked pair's distance nearly constant too.
+    # appended (`PairContext`). A pair's relation then also sees how each of its two balls relates to the rest --
+    # e.g. that both are linked to a third ball, which keeps an unlinked pair's distance nearly constant too, or
+    # that a link closes a cycle (the number of systems is not ten minus the links then: a cycle's last link joins
+    # no new ball).
     context_units: int = 0
     context_g_units: typing.List[int] = dataclasses.field(default_factory=lambda: [128, 128])
 
@@ -165,9 +167,9 @@ def check_readout(model_config, data_config):
                           f"data.target=connections (got {model_config.type} and {data_config.target}).")
     if model_config.context_units < 0:
         raise ConfigError(f"model.context_units must be 0 (no context stage) or positive, got {model_config.context_units}.")
-    if model_config.context_units and model_config.readout != "pairs":
-        raise ConfigError("model.context_units adds a context stage before the per-pair read-out: it needs "
-                          f"model.readout=pairs (got {model_config.readout}).")
+    if model_config.context_units and model_config.type != "rn":
+        raise ConfigError("model.context_units adds a relation stage before the read-out: it needs model.type=rn "
+                          f"(got {model_config.type}).")
 
 
 def build_model(model_config, data_config):
@@ -180,12 +182,12 @@ def build_model(model_config, data_config):
     objects = (BallIdentity(n, name="ball_identity", dtype="float32")(balls) if model_config.identity == "one_hot"
                else balls)
     check_readout(model_config, data_config)
+    if model_config.context_units:
+        messages = RelationModule(model_config.context_g_units, [model_config.context_units], aggregation="none",
+                                  precise_first_layer=model_config.precise_first_layer,
+                                  name="context_module")(objects)
+        objects = PairContext(name="pair_context", dtype="float32")(objects, messages)
     if model_config.readout == "pairs":
-        if model_config.context_units:
-            messages = RelationModule(model_config.context_g_units, [model_config.context_units], aggregation="none",
-                                      precise_first_layer=model_config.precise_first_layer,
-                                      name="context_module")(objects)
-            objects = PairContext(name="pair_context", dtype="float32")(objects, messages)
         pair_logits = RelationModule(model_config.g_units, list(model_config.f_units) + [1], aggregation="none",
                                      precise_first_layer=model_config.precise_first_layer,
                                      name="relation_module")(objects)
