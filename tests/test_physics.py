@@ -2,11 +2,15 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
-from conftest import run_tool
+from conftest import ROOT, run_tool
 from relation_networks.data import physics
 
 
@@ -319,3 +323,23 @@ def test_context_stage_bad_config_is_one_clear_error(sets, message, tmp_path):
     result = run_tool("train", "--config", "configs/physics_connections.yaml", "--run_dir", str(tmp_path / "run"), *args)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_stopping_the_simulation_leaves_no_partial_data(tmp_path):
+    # SIGTERM (kill, a scheduler) while scenes are simulated: the temporary directory goes, nothing is half-written.
+    data = tmp_path / "data"
+    command = [sys.executable, os.path.join(ROOT, "tools", "train.py"), "--config", "configs/physics_count.yaml",
+               "--run_dir", str(tmp_path / "run"), "--set", f"data.dir={data}", "--set", "data.train_scenes=20000",
+               "--set", "data.workers=1"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (data.exists() and any(p.name.startswith(".tmp-physics-") for p in data.iterdir())):
+        assert process.poll() is None and time.time() < deadline, "the simulation did not start"
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr
+    assert list(data.iterdir()) == []
+    assert not (tmp_path / "run").exists()

@@ -1,6 +1,7 @@
 """Shared by the command-line tools: quiet TensorFlow start-up, config flags, and user-facing errors."""
 
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
@@ -17,10 +18,16 @@ def define_config_flags():
     flags.DEFINE_string("run_dir", None, "Run directory (default: the config's run_dir, else runs/<config name>).")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main_wrapper(main):
-    """Run `main(argv)`; a `UserError` becomes one line on stderr and exit status 2, never a traceback."""
+    """Run `main(argv)`; a `UserError` becomes one line on stderr and exit status 2, never a traceback. SIGTERM
+    (`kill`, a job scheduler's stop) is handled like Ctrl-C, so temporary files are removed on the way out."""
 
     def wrapped(argv):
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             return main(argv)
         except UserError as e:

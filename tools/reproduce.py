@@ -33,6 +33,11 @@ PREAMBLE = (
 _SMALL_PAIRS = ["model.readout=pairs", "model.precise_first_layer=true", "model.g_units=[256,256,256,256]",
                 "model.f_units=[256,64]", "train.learning_rate=3e-4", "train.lr_schedule=cosine",
                 "train.warmup_steps=1000", "train.epochs=80", "train.keep_best=scenes_all_correct"]
+# The counting recipe of session 10: the same small RN, augmented, on count labels only; a 50-epoch cosine decay.
+_SMALL_COUNT = ["model.g_units=[256,256,256,256]", "model.f_units=[256,64]", "model.precise_first_layer=true",
+                "train.learning_rate=3e-4", "train.lr_schedule=cosine", "train.warmup_steps=1000", "train.epochs=50",
+                "train.keep_best=accuracy", "data.augment=true", "train.checkpoint_every_steps=1000",
+                "train.time_limit_minutes=110"]
 # task -> (split to report, [(label, config, run directory[, --set overrides of that run])]); the overrides may also
 # be a list of stages (lists of overrides), trained one after the other in the same run directory (each resumes
 # the previous), e.g. a constant learning rate first and then a cosine decay from where it stopped.
@@ -69,6 +74,11 @@ REPRODUCTIONS = {
     "physics_count": ("test", [("RN", "configs/physics_count.yaml", "runs/physics_count", ["train.time_limit_minutes=83"]),
                                ("MLP", "configs/physics_count_mlp.yaml", "runs/physics_count_mlp",
                                 ["train.max_steps=20000"])]),
+    # Learned counting (session 10), one core per run.
+    "physics_count_small": ("test", [
+        ("RN, g 4 x 256, augmented", "configs/physics_count.yaml", "runs/physics_count_small_augment", _SMALL_COUNT),
+        ("RN + context stage, g 4 x 256, augmented", "configs/physics_count.yaml", "runs/physics_count_context_augment",
+         _SMALL_COUNT + ["model.context_units=32"])]),
     "nth_farthest": ("test", [("RMC", "configs/nth_farthest.yaml", "runs/nth_farthest"),
                               ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm"),
                               ("RN (all vectors at once)", "configs/nth_farthest.yaml", "runs/nth_farthest_rn",
