@@ -236,7 +236,8 @@ class BestModel:
         """Load the best model's variables into the model; returns the record (None if nothing was kept)."""
         if self.record is None:
             return None
-        self.checkpoint.read(self._path(self.record)).assert_existing_objects_matched()
+        # every model variable must match; the checkpoint's own save counter is not wanted (expect_partial)
+        self.checkpoint.read(self._path(self.record)).assert_existing_objects_matched().expect_partial()
         return self.record
 
 

@@ -76,9 +76,13 @@ REPRODUCTIONS = {
                                 ["train.max_steps=20000"])]),
     # Learned counting (session 10), one core per run.
     "physics_count_small": ("test", [
-        ("RN, g 4 x 256, augmented", "configs/physics_count.yaml", "runs/physics_count_small_augment", _SMALL_COUNT),
+        # stopped after 24 of its 50 epochs to give the machine to the nth-farthest runs
+        ("RN, g 4 x 256, augmented", "configs/physics_count.yaml", "runs/physics_count_small_augment",
+         _SMALL_COUNT + ["train.max_steps=24000"]),
+        # 50 epochs, then the cosine schedule stretched to 70 epochs from where it stopped (a second stage)
         ("RN + context stage, g 4 x 256, augmented", "configs/physics_count.yaml", "runs/physics_count_context_augment",
-         _SMALL_COUNT + ["model.context_units=32"])]),
+         [_SMALL_COUNT + ["model.context_units=32"],
+          [o.replace("train.epochs=50", "train.epochs=70") for o in _SMALL_COUNT] + ["model.context_units=32"]])]),
     "nth_farthest": ("test", [("RMC", "configs/nth_farthest.yaml", "runs/nth_farthest"),
                               ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm"),
                               ("RN (all vectors at once)", "configs/nth_farthest.yaml", "runs/nth_farthest_rn",
