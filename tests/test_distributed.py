@@ -178,3 +178,15 @@ def test_two_workers_keep_the_best_model_on_the_chief(tmp_path):
     assert best["step"] == STEPS and best["metric"] == "accuracy"
     with open(run_dir / "metrics.json") as f:
         assert json.load(f)["best"] == best
+
+
+def test_launcher_kills_a_worker_that_ignores_sigterm():
+    # Worker 0 stands for one blocked in a collective operation (it cannot act on SIGTERM) when worker 1 fails.
+    start = time.monotonic()
+    result = run_tool("launch_local", "--workers", "2", "--grace_seconds", "1", "--", sys.executable, "-c",
+                      "import json, os, signal, sys, time; i = json.loads(os.environ['TF_CONFIG'])['task']['index']; "
+                      "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+                      "time.sleep(1) if i else time.sleep(600); sys.exit(3)", timeout=120)
+    assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "worker 1 exited with status 3" in result.stdout
+    assert time.monotonic() - start < 60

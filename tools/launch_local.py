@@ -4,8 +4,9 @@
         --set train.distribute.strategy=multi_worker
 
 Each worker gets its own TF_CONFIG ({"cluster": {"worker": [...]}, "task": {"type": "worker", "index": i}});
-their output is streamed with a "[worker i]" prefix. If any worker fails, the others are stopped and the
-launcher exits with that worker's status. On a real cluster, set one TF_CONFIG per host instead (see README).
+their output is streamed with a "[worker i]" prefix. If any worker fails, the others are stopped (SIGTERM, then
+SIGKILL after --grace_seconds: a worker blocked in a collective operation waiting for the failed one cannot act
+on SIGTERM) and the launcher exits with that worker's status. On a real cluster, set one TF_CONFIG per host instead (see README).
 """
 
 import json
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import _common  # noqa: F401
 from absl import app, flags
@@ -22,6 +24,7 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("workers", 2, "Number of workers.")
 flags.DEFINE_string("host", "127.0.0.1", "Address the workers listen on.")
+flags.DEFINE_float("grace_seconds", 10.0, "How long a stopped worker gets to exit after SIGTERM before SIGKILL.")
 
 
 def free_ports(count, host):
@@ -48,6 +51,27 @@ def _stream(index, pipe, lock):
             sys.stdout.write(f"[worker {index}] {line}")
             sys.stdout.flush()
     pipe.close()
+
+
+def _signal_group(process, sig):
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:  # already gone
+        pass
+
+
+def stop(processes, grace_seconds):
+    """SIGTERM every running worker's process group; SIGKILL those still running `grace_seconds` later."""
+    running = [p for p in processes if p.poll() is None]
+    for p in running:
+        _signal_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    for p in running:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(p, signal.SIGKILL)
+            p.wait()
 
 
 @_common.main_wrapper
@@ -83,14 +107,11 @@ def main(argv):
                     status = code
                     with lock:
                         print(f"[launcher] worker {i} exited with status {code}; stopping the others.", flush=True)
-                    for j in remaining:
-                        os.killpg(processes[j].pid, signal.SIGTERM)
+                    stop([processes[j] for j in remaining], FLAGS.grace_seconds)
             if remaining:
                 threading.Event().wait(0.2)
     except KeyboardInterrupt:
-        for p in processes:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
+        stop(processes, FLAGS.grace_seconds)
         status = 130
     for t in threads:
         t.join(timeout=5)
