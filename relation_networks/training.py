@@ -23,7 +23,7 @@ import keras
 import tensorflow as tf
 
 from relation_networks import config as config_lib
-from relation_networks import distribute, tasks
+from relation_networks import distribute, precision, tasks
 from relation_networks.errors import UserError
 from relation_networks.io import atomic_path, atomic_write_json
 from relation_networks.optimizers import LayerwiseAdam
@@ -87,7 +87,25 @@ def hardware():
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
+        **precision.describe(),
     }
+
+
+def hardware_text(hw):
+    """One line for a results table: CPU, cores, bfloat16 hardware (where recorded), TensorFlow and Keras."""
+    parts = [hw["cpu"], f"{hw['cores']} cores"]
+    if "bfloat16_native" in hw:  # recorded since train.precision=auto
+        flags = ", ".join(hw.get("bfloat16_cpu_flags") or [])
+        parts.append(f"bfloat16 in hardware: {'yes (' + flags + ')' if flags else 'yes' if hw['bfloat16_native'] else 'no'}")
+    return ", ".join(parts + [f"TensorFlow {hw['tensorflow']}", f"Keras {hw['keras']}"])
+
+
+def _precision_note(requested):
+    """`float32`, or e.g. `auto -> float32 (no bfloat16 hardware)` for the training log."""
+    resolved = precision.resolve(requested)
+    if requested != "auto":
+        return resolved
+    return f"auto -> {resolved} ({'bfloat16 hardware' if resolved != 'float32' else 'no bfloat16 hardware'})"
 
 
 def restore_latest(checkpoint, manager, log=print):
@@ -261,7 +279,7 @@ def train(config, log=print):
     say = log if is_chief else (lambda *a, **k: None)
     out_dir = distribute.write_dir(config.run_dir, strategy)
     previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(config.train.precision)
+    keras.config.set_dtype_policy(precision.resolve(config.train.precision))
     try:
         return _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, say)
     finally:
@@ -377,7 +395,7 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
     log(
         f"Training {task.name} ({config.model.type if hasattr(config.model, 'type') else 'model'}, "
         f"{model.count_params():,} parameters) for {train_cfg.epochs} epochs x {steps_per_epoch} steps, "
-        f"global batch {global_batch} on {num_workers} worker(s), precision {train_cfg.precision}."
+        f"global batch {global_batch} on {num_workers} worker(s), precision {_precision_note(train_cfg.precision)}."
     )
 
     while step < stop_step and stopped is None:

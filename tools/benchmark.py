@@ -38,6 +38,8 @@ flags.DEFINE_bool("skip_throughput", False, "Only the scaling curve.")
 flags.DEFINE_bool("skip_scaling", False, "Only the throughput table.")
 flags.DEFINE_string("scaling_worker", None, "Internal: 'N,chunk' measured in this process.")
 flags.DEFINE_string("results", None, "Also write the tables into this Markdown file's benchmark section.")
+flags.DEFINE_string("section", None, "Name of the --results section to write (default: benchmark_<parts>), e.g. "
+                    "to keep the measurements of another machine beside the existing ones.")
 flags.DEFINE_bool("report_only", False, "Measure nothing: write --results from the JSON at --out.")
 
 G_WIDTH, G_LAYERS, OBJECT_DIM, QUESTION_DIM = 256, 4, 26, 11
@@ -231,15 +233,20 @@ def _write_section(result):
 
     parts = [p for p in ("throughput", "scaling") if p in result]
     title = {"throughput": "Training throughput", "scaling": "Scaling with the number of objects"}
-    write_markdown_section(FLAGS.results, "benchmark_" + "_".join(parts), " and ".join(title[p] for p in parts),
-                           markdown(result))
+    heading = " and ".join(title[p] for p in parts)
+    if FLAGS.section:
+        heading += f" ({result['hardware']['cpu']}, bfloat16 in hardware: " \
+                   f"{'yes' if result['hardware'].get('bfloat16_native') else 'no'})"
+    write_markdown_section(FLAGS.results, FLAGS.section or "benchmark_" + "_".join(parts), heading, markdown(result))
 
 
 def markdown(result):
     """The benchmark's tables as Markdown."""
+    from relation_networks.training import hardware_text
+
     hw = result["hardware"]
-    lines = [f"Hardware: {hw['cpu']}, {hw['cores']} cores (this process pinned to CPU(s) {result['cpu_affinity']}), "
-             f"TensorFlow {hw['tensorflow']}, Keras {hw['keras']}. Command: `{result['command']}`.", ""]
+    lines = [f"Hardware: {hardware_text(hw)} (this process pinned to CPU(s) {result['cpu_affinity']}). "
+             f"Command: `{result['command']}`.", ""]
     if "throughput" in result:
         lines += [f"Training throughput of `{result.get('config')}` (batch {result['batch_size']}, forward + backward + "
                   f"Adam; median of {result.get('repeats')} x {result.get('steps')} steps):", "",

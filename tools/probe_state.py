@@ -77,7 +77,7 @@ def main(argv):
     import numpy as np
 
     from relation_networks import config as config_lib
-    from relation_networks import tasks
+    from relation_networks import precision, tasks
     from relation_networks.data import sort_of_clevr as soc
     from relation_networks.errors import UserError
     from relation_networks.evaluation import grouped_accuracy
@@ -114,7 +114,7 @@ def main(argv):
     (train_x, train_y), (val_x, val_y) = split("train"), split("val")
     if not len(train_y) or not len(val_y):
         raise UserError("No training or validation questions are left after --colours / --subtypes.")
-    keras.mixed_precision.set_global_policy(config.train.precision)
+    keras.mixed_precision.set_global_policy(precision.resolve(config.train.precision))
     keras.utils.set_random_seed(FLAGS.seed)
     m = config.model
     if pixels:

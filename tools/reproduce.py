@@ -166,10 +166,11 @@ def section(task, split, runs):
             if m.get("best")]
     if best:
         info += ["", "Evaluated models kept by validation rather than the last:", *best]
+    from relation_networks.training import hardware_text
+
     hardware = runs[0][3]["hardware"]
     return (
-        f"Split: `{split}` ({reports[0][1]['examples']:,} examples). Hardware: {hardware['cpu']}, "
-        f"{hardware['cores']} cores, TensorFlow {hardware['tensorflow']}, Keras {hardware['keras']}.\n\n"
+        f"Split: `{split}` ({reports[0][1]['examples']:,} examples). Hardware: {hardware_text(hardware)}.\n\n"
         f"{header}\n" + "\n".join(rows) + "\n\n" + "\n".join(info) + "\n\n" + "\n".join(figures) + "\n\n"
         f"Regenerate: `python tools/reproduce.py --task {task}` (add `--train` to train the runs first).\n"
     )

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from relation_networks import config as config_lib
+from relation_networks import precision
+from relation_networks.config import ConfigError
+from conftest import run_tool, tiny_sort_of_clevr_overrides
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ({"avx2", "fma", "amx_bf16", "amx_tile"}, "mixed_bfloat16"),  # Intel Sapphire Rapids and later
+    ({"avx2", "avx512f", "avx512_bf16"}, "mixed_bfloat16"),  # e.g. AMD Zen 4, Intel Cooper Lake
+    ({"avx2", "fma", "avx512f", "avx512bw"}, "float32"),  # AVX-512 without its bfloat16 instructions
+    ({"avx2", "fma"}, "float32"),
+    (set(), "float32"),  # no /proc/cpuinfo (macOS, Windows)
+])
+def test_auto_follows_the_cpu_flags(flags, expected):
+    assert precision.resolve("auto", flags=flags) == expected
+
+
+@pytest.mark.parametrize("explicit", ["float32", "mixed_bfloat16"])
+def test_explicit_precision_is_kept_whatever_the_hardware(explicit):
+    assert precision.resolve(explicit, flags={"amx_bf16"}) == explicit
+    assert precision.resolve(explicit, flags=set()) == explicit
+
+
+def test_cpu_flags_reads_the_flags_line(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx2 avx512_bf16\n\n"
+                       "processor\t: 1\nflags\t\t: fpu sse2 avx2 avx512_bf16\n")
+    assert precision.cpu_flags(str(cpuinfo)) == {"fpu", "sse2", "avx2", "avx512_bf16"}
+    assert precision.cpu_flags(str(tmp_path / "missing")) == set()
+
+
+def test_config_accepts_auto_and_rejects_unknown_precision(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("task: sort_of_clevr\ntrain: {precision: auto}\n")
+    assert config_lib.load(str(path)).train.precision == "auto"
+    with pytest.raises(ConfigError, match="precision.*one of.*auto"):
+        config_lib.load(str(path), ["train.precision=bfloat16"])
+
+
+def test_training_with_auto_uses_this_machines_precision(tmp_path):
+    overrides = tiny_sort_of_clevr_overrides(tmp_path / "data", tmp_path / "run")
+    overrides = [o for o in overrides if not o.startswith("train.precision")] + [
+        "train.precision=auto", "train.max_steps=2", "train.eval_splits=[val]"]
+    result = run_tool("train", "--config", "configs/sort_of_clevr.yaml", *[a for o in overrides for a in ("--set", o)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    resolved = precision.resolve("auto")
+    assert f"precision auto -> {resolved}" in result.stdout + result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["hardware"]["bfloat16_native"] == (resolved == "mixed_bfloat16")
