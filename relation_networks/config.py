@@ -48,7 +48,7 @@ class TrainConfig:
     # path, e.g. `cnn` or `relation_module/g_theta_0`); see `relation_networks.optimizers.LayerwiseAdam`.
     lr_multipliers: typing.Dict[str, float] = dataclasses.field(default_factory=dict)
     # auto: mixed_bfloat16 where the hardware computes in bfloat16 (AMX-BF16 / AVX512-BF16 CPUs, Ampere+ GPUs),
-    # else float32 -- emulated bfloat16 is ~2.7x slower than float32 (see relation_networks.precision).
+    # else float32 -- emulated bfloat16 is ~2.5x slower than float32 (see relation_networks.precision).
     precision: str = choice("float32", ("auto", "float32", "mixed_bfloat16"))
     jit_compile: bool = False
     shuffle: bool = True  # shuffle the training data (seeded per epoch); off only for equivalence tests

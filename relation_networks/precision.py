@@ -3,8 +3,8 @@
 Mixed bfloat16 is the largest speed lever for the relation MLP on a CPU whose matrix units compute in bfloat16
 (AMX-BF16, AVX512-BF16) -- on such a machine the Sort-of-CLEVR CNN+RN trains 1.6x faster than in float32
 (docs/RESULTS.md, "Training throughput"). On a CPU without them oneDNN emulates bfloat16 and the same model is
-about 2.7x *slower* than in float32 (measured on an AVX2-only AMD EPYC: 0.38 s per float32 step of 64 questions
-against 1.01 s in mixed bfloat16). `auto` therefore resolves per machine:
+2.5x *slower* than in float32 (an AVX2-only AMD EPYC: 65 against 164 questions/s, docs/RESULTS.md). `auto`
+therefore resolves per machine:
 
     CPU with amx_bf16 or avx512_bf16 (/proc/cpuinfo flags)   -> mixed_bfloat16
     GPU of compute capability 8.0 or newer (Ampere and later) -> mixed_bfloat16
