@@ -175,6 +175,22 @@ def test_probe_state_tool(trained_run, tmp_path):
     assert bad.returncode == 2 and "not a Sort-of-CLEVR" in bad.stderr
 
 
+def test_probe_state_scores_within_epochs(trained_run, tmp_path):
+    _, data_dir, _ = trained_run
+    out = tmp_path / "steps.json"
+    sets = [a for o in tiny_sort_of_clevr_overrides(data_dir) for a in ("--set", o)]
+    result = run_tool("probe_state", *sets, "--epochs", "2", "--batch_size", "64", "--eval_every_steps", "4",
+                      "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out) as f:
+        report = json.load(f)
+    rows, per_epoch = report["epochs"], -(-report["training_questions"] // 64)
+    expected = sorted({s for s in range(4, 2 * per_epoch, 4) if s % per_epoch} | {per_epoch, 2 * per_epoch})
+    assert [row["step"] for row in rows] == expected
+    assert [row["epoch"] for row in rows] == [(s - 1) // per_epoch + 1 for s in expected]
+    assert "step 4 (epoch 1)" in result.stdout and "epoch 2 (" in result.stdout
+
+
 def test_probe_state_pixels_layout_keeps_only_the_chosen_questions(trained_run, tmp_path):
     _, data_dir, _ = trained_run
     out = tmp_path / "pixels.json"
@@ -185,7 +201,7 @@ def test_probe_state_pixels_layout_keeps_only_the_chosen_questions(trained_run, 
     with open(out) as f:
         report = json.load(f)
     assert report["layout"] == "pixels" and report["model"] == "rn"
-    assert set(report["epochs"][0]) - {"epoch", "seconds"} <= {"shape", "count"}
+    assert set(report["epochs"][0]) - {"epoch", "step", "seconds"} <= {"shape", "count"}
     # 20 questions per image, 2 of 6 colours, 2 of 6 subtypes (each drawn uniformly): about 1/9 of them
     images = int(next(o for o in tiny_sort_of_clevr_overrides(data_dir) if o.startswith("data.train_images=")).split("=")[1])
     assert 0 < report["training_questions"] < 20 * images / 3

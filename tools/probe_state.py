@@ -36,6 +36,8 @@ flags.DEFINE_enum("layout", "objects", ["objects", "grid", "pixels"],
 flags.DEFINE_integer("grid", 5, "Cells per side for --layout grid (the default CNN gives 5 x 5).")
 flags.DEFINE_list("colours", [], "Keep only questions about these colours (default: all).")
 flags.DEFINE_list("subtypes", [], "Keep only questions of these subtypes (default: all).")
+flags.DEFINE_integer("eval_every_steps", 0, "Also score the validation questions every this many training steps "
+                     "(0: after each epoch only), to see where within an epoch the binding happens.")
 
 
 def state_objects(objects):
@@ -141,16 +143,33 @@ def main(argv):
           f"aggregation={m.aggregation}, Adam {config.train.learning_rate:g}, g {m.g_units}, f {m.f_units}, "
           f"{config.train.precision}, batch {FLAGS.batch_size}, seed {FLAGS.seed}")
     start = time.time()
-    for epoch in range(1, FLAGS.epochs + 1):
-        model.fit(feed(train_x), train_y, batch_size=FLAGS.batch_size, epochs=1, shuffle=True, verbose=0)
+    steps_per_epoch = -(-len(train_y) // FLAGS.batch_size)
+
+    def score(epoch, step):
         correct = model.predict(feed(val_x), batch_size=1000 if not pixels else 250, verbose=0).argmax(-1) == val_y
         groups = grouped_accuracy(correct, soc.subtype_index(val_x[1]), soc.SUBTYPE_NAMES)
         asked = [name for name in soc.SUBTYPE_NAMES if name in groups]
-        row = {"epoch": epoch, "seconds": round(time.time() - start, 1),
+        row = {"epoch": epoch, "step": step, "seconds": round(time.time() - start, 1),
                **{name: groups[name]["accuracy"] for name in asked}}
         history.append(row)
-        print(f"epoch {epoch} ({row['seconds']:.0f} s): " + "  ".join(
+        where = f"epoch {epoch}" if step % steps_per_epoch == 0 else f"step {step} (epoch {epoch})"
+        print(f"{where} ({row['seconds']:.0f} s): " + "  ".join(
             f"{name} {100 * row[name]:.1f}%" for name in asked), flush=True)
+
+    class EveryKSteps(keras.callbacks.Callback):
+        def __init__(self, epoch):
+            super().__init__()
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            step = (self.epoch - 1) * steps_per_epoch + batch + 1
+            if FLAGS.eval_every_steps and step % FLAGS.eval_every_steps == 0 and batch + 1 < steps_per_epoch:
+                score(self.epoch, step)
+
+    for epoch in range(1, FLAGS.epochs + 1):
+        model.fit(feed(train_x), train_y, batch_size=FLAGS.batch_size, epochs=1, shuffle=True, verbose=0,
+                  callbacks=[EveryKSteps(epoch)])
+        score(epoch, epoch * steps_per_epoch)
     if FLAGS.json:
         from relation_networks.io import atomic_write_json
 
