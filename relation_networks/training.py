@@ -96,7 +96,8 @@ def hardware_text(hw):
     parts = [hw["cpu"], f"{hw['cores']} cores"]
     if "bfloat16_native" in hw:  # recorded since train.precision=auto
         flags = ", ".join(hw.get("bfloat16_cpu_flags") or [])
-        parts.append(f"bfloat16 in hardware: {'yes (' + flags + ')' if flags else 'yes' if hw['bfloat16_native'] else 'no'}")
+        answer = "no" if not hw["bfloat16_native"] else f"yes ({flags})" if flags else "yes (GPU)"
+        parts.append(f"bfloat16 in hardware: {answer}")
     return ", ".join(parts + [f"TensorFlow {hw['tensorflow']}", f"Keras {hw['keras']}"])
 
 

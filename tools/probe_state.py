@@ -116,7 +116,8 @@ def main(argv):
     (train_x, train_y), (val_x, val_y) = split("train"), split("val")
     if not len(train_y) or not len(val_y):
         raise UserError("No training or validation questions are left after --colours / --subtypes.")
-    keras.mixed_precision.set_global_policy(precision.resolve(config.train.precision))
+    policy = precision.resolve(config.train.precision)
+    keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(FLAGS.seed)
     m = config.model
     if pixels:
@@ -141,7 +142,7 @@ def main(argv):
     inputs = "images" if pixels else f"{train_x[0].shape[1]} objects"
     print(f"State-description probe ({FLAGS.layout}, {inputs}, {len(train_y)} training questions): model {m.type}, "
           f"aggregation={m.aggregation}, Adam {config.train.learning_rate:g}, g {m.g_units}, f {m.f_units}, "
-          f"{config.train.precision}, batch {FLAGS.batch_size}, seed {FLAGS.seed}")
+          f"{policy}, batch {FLAGS.batch_size}, seed {FLAGS.seed}")
     start = time.time()
     steps_per_epoch = -(-len(train_y) // FLAGS.batch_size)
 
@@ -177,6 +178,7 @@ def main(argv):
                                        "model": m.type, "colours": FLAGS.colours, "subtypes": FLAGS.subtypes,
                                        "training_questions": int(len(train_y)),
                                        "aggregation": m.aggregation, "learning_rate": config.train.learning_rate,
+                                       "precision": policy,
                                        "seed": FLAGS.seed, "config": FLAGS.config, "overrides": FLAGS.set,
                                        "epochs": history})
 
