@@ -91,19 +91,25 @@ def hardware():
     }
 
 
+def bfloat16_text(hw):
+    """`bfloat16 in hardware: yes (amx_bf16)` / `... no` for a `hardware()` record, or None for records written
+    before train.precision=auto (they hold no bfloat16 fields)."""
+    if "bfloat16_native" not in hw:
+        return None
+    flags = ", ".join(hw.get("bfloat16_cpu_flags") or [])
+    answer = "no" if not hw["bfloat16_native"] else f"yes ({flags})" if flags else "yes (GPU)"
+    return f"bfloat16 in hardware: {answer}"
+
+
 def hardware_text(hw):
     """One line for a results table: CPU, cores, bfloat16 hardware (where recorded), TensorFlow and Keras."""
-    parts = [hw["cpu"], f"{hw['cores']} cores"]
-    if "bfloat16_native" in hw:  # recorded since train.precision=auto
-        flags = ", ".join(hw.get("bfloat16_cpu_flags") or [])
-        answer = "no" if not hw["bfloat16_native"] else f"yes ({flags})" if flags else "yes (GPU)"
-        parts.append(f"bfloat16 in hardware: {answer}")
-    return ", ".join(parts + [f"TensorFlow {hw['tensorflow']}", f"Keras {hw['keras']}"])
+    parts = [hw["cpu"], f"{hw['cores']} cores", bfloat16_text(hw), f"TensorFlow {hw['tensorflow']}",
+             f"Keras {hw['keras']}"]
+    return ", ".join(p for p in parts if p)
 
 
-def _precision_note(requested):
+def _precision_note(requested, resolved):
     """`float32`, or e.g. `auto -> float32 (no bfloat16 hardware)` for the training log."""
-    resolved = precision.resolve(requested)
     if requested != "auto":
         return resolved
     return f"auto -> {resolved} ({'bfloat16 hardware' if resolved != 'float32' else 'no bfloat16 hardware'})"
@@ -396,7 +402,8 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
     log(
         f"Training {task.name} ({config.model.type if hasattr(config.model, 'type') else 'model'}, "
         f"{model.count_params():,} parameters) for {train_cfg.epochs} epochs x {steps_per_epoch} steps, "
-        f"global batch {global_batch} on {num_workers} worker(s), precision {_precision_note(train_cfg.precision)}."
+        f"global batch {global_batch} on {num_workers} worker(s), "
+        f"precision {_precision_note(train_cfg.precision, keras.config.dtype_policy().name)}."
     )
 
     while step < stop_step and stopped is None:

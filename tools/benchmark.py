@@ -233,10 +233,11 @@ def _write_section(result):
 
     parts = [p for p in ("throughput", "scaling") if p in result]
     title = {"throughput": "Training throughput", "scaling": "Scaling with the number of objects"}
+    from relation_networks.training import bfloat16_text
+
     heading = " and ".join(title[p] for p in parts)
-    if FLAGS.section:
-        heading += f" ({result['hardware']['cpu']}, bfloat16 in hardware: " \
-                   f"{'yes' if result['hardware'].get('bfloat16_native') else 'no'})"
+    if FLAGS.section:  # another machine's measurements: say which, in the heading
+        heading += f" ({', '.join(filter(None, [result['hardware']['cpu'], bfloat16_text(result['hardware'])]))})"
     write_markdown_section(FLAGS.results, FLAGS.section or "benchmark_" + "_".join(parts), heading, markdown(result))
 
 
