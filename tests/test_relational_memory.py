@@ -1,5 +1,7 @@
 """RelationalMemory cell and the Nth-farthest task."""
 
+import functools
+
 import numpy as np
 import pytest
 import keras
@@ -124,3 +126,60 @@ def test_nth_farthest_rn_ignores_the_order_of_the_vectors():
     changed = inputs.copy()
     changed[:, :, -8:] = np.roll(changed[:, :, -8:], 1, axis=-1)  # another rank asked: the question is read
     assert np.abs(keras.ops.convert_to_numpy(model({"sequence": changed})) - out).max() > 1e-6
+
+
+@functools.lru_cache(maxsize=None)  # the tool defines absl flags on import: load it once
+def _probe_samples():
+    import importlib.util
+    import os
+    import sys
+
+    tools = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+    sys.path.insert(0, tools)
+    path = os.path.join(tools, "probe_nth_farthest.py")
+    spec = importlib.util.spec_from_file_location("probe_nth_farthest", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.samples
+
+
+@pytest.mark.parametrize("target", ["largest_x", "largest_norm", "reference_sign", "farthest", "full"])
+def test_probe_sub_task_labels_by_independent_computation(target):
+    """The probe's sub-task labels, recomputed here one sample at a time from the inputs the model sees."""
+    samples = _probe_samples()
+    num_vectors, dim = 5, 3
+    inputs, labels = samples(target, 60, 7, num_vectors, dim)
+    assert inputs.shape == (60, num_vectors, nf.input_dim(num_vectors, dim))
+    for x, label in zip(inputs, labels):
+        ids = x[:, dim : dim + num_vectors].argmax(-1)
+        vectors = {int(i): row[:dim] for i, row in zip(ids, x)}
+        m = int(x[0, dim + num_vectors : dim + 2 * num_vectors].argmax())
+        rank = int(x[0, dim + 2 * num_vectors :].argmax()) + 1
+        if target == "largest_x":
+            expected = max(vectors, key=lambda i: vectors[i][0])
+        elif target == "largest_norm":
+            expected = max(vectors, key=lambda i: float(np.sum(vectors[i] ** 2)))
+        elif target == "reference_sign":
+            expected = int(vectors[m][0] > 0)
+        else:
+            if target == "farthest":
+                assert rank == 1 and x[0, dim + 2 * num_vectors :].sum() == 1
+            others = sorted((i for i in vectors if i != m), key=lambda i: -np.linalg.norm(vectors[i] - vectors[m]))
+            expected = others[rank - 1]
+        assert label == expected
+
+
+def test_probe_tool_runs_and_rejects_other_tasks(tmp_path):
+    out = tmp_path / "probe.json"
+    sets = ["--set", "data.num_vectors=3", "--set", "data.vector_dim=2", "--set", "model.mem_slots=2",
+            "--set", "model.head_size=4", "--set", "model.num_heads=2", "--set", "model.mlp_units=[8]"]
+    result = run_tool("probe_nth_farthest", *sets, "--target", "reference_sign", "--steps", "4",
+                      "--eval_every_steps", "2", "--val_samples", "50", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    import json
+
+    report = json.loads(out.read_text())
+    assert [row["step"] for row in report["rows"]] == [2, 4] and report["target"] == "reference_sign"
+    assert 0.5 <= report["guess"] <= 1.0
+    bad = run_tool("probe_nth_farthest", "--config", "configs/babi.yaml")
+    assert bad.returncode == 2 and "not an nth_farthest config" in bad.stderr

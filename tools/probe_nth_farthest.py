@@ -1,0 +1,112 @@
+"""Which part of the Nth-farthest task a recurrent model can learn: sub-tasks on the same inputs.
+
+    python tools/probe_nth_farthest.py --config configs/nth_farthest.yaml --target reference_sign \
+        --set data.num_vectors=4 --set data.vector_dim=2 --set train.learning_rate=1e-3 --steps 1500
+
+Trains the config's model (RMC, LSTM or RN; same layers and optimizer as `tools/train.py` builds) on the task's
+inputs -- one `[vector, one-hot id, one-hot m, one-hot (n - 1)]` row per time step, in random order -- but with
+the answer replaced by a sub-task that needs one piece of the full skill:
+
+    largest_x       the id of the vector with the largest first coordinate (store what was seen and compare
+                    across steps; the question plays no part)
+    largest_norm    the id of the vector farthest from the origin (as largest_x, with a non-linear feature of
+                    each vector: its length)
+    reference_sign  whether the first coordinate of vector m is positive, as class 0/1 (retrieve the vector the
+                    question names by its id)
+    farthest        the id of the vector farthest from vector m: the full task with the rank fixed to 1 (retrieve
+                    m and compare distances)
+    full            the Nth-farthest answer itself
+
+Fresh samples for every `--eval_every_steps` steps (seeded); prints validation accuracy against the accuracy of
+guessing (the most frequent answer), and writes the rows to `--json`.
+"""
+
+import json
+import time
+
+import _common  # noqa: F401
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+_common.define_config_flags()
+TARGETS = ("largest_x", "largest_norm", "reference_sign", "farthest", "full")
+flags.DEFINE_enum("target", "full", TARGETS, "The sub-task to learn (see the module docstring).")
+flags.DEFINE_integer("steps", 1500, "Training steps.")
+flags.DEFINE_integer("eval_every_steps", 500, "Score the validation samples every this many steps.")
+flags.DEFINE_integer("val_samples", 5000, "Validation samples (a fixed, separately seeded set).")
+flags.DEFINE_integer("seed", 0, "Initialisation and sampling seed.")
+flags.DEFINE_string("json", None, "Also write the rows here.")
+
+
+def samples(target, count, seed, num_vectors, vector_dim):
+    """`(inputs, labels)` for `target`: inputs as the task generates them, labels int32 (see the docstring)."""
+    import numpy as np
+
+    from relation_networks.data import nth_farthest as nf
+
+    d = nf.generate(count, seed, num_vectors, vector_dim)
+    inputs, labels = d["inputs"], d["answers"]
+    if target == "largest_x":
+        labels = d["vectors"][..., 0].argmax(-1)
+    elif target == "largest_norm":
+        labels = np.linalg.norm(d["vectors"], axis=-1).argmax(-1)
+    elif target == "reference_sign":
+        labels = d["vectors"][np.arange(count), d["reference"], 0] > 0
+    elif target == "farthest":  # generate() draws the rank uniformly: set it to 1 and recompute the answer
+        distance = np.linalg.norm(d["vectors"] - d["vectors"][np.arange(count), d["reference"]][:, None], axis=-1)
+        distance[np.arange(count), d["reference"]] = -np.inf
+        labels = distance.argmax(-1)
+        width = vector_dim + 2 * num_vectors  # the rank one-hot is the last num_vectors columns of every row
+        inputs = inputs.copy()
+        inputs[..., width:] = 0.0
+        inputs[..., width] = 1.0
+    return inputs, labels.astype(np.int32)
+
+
+@_common.main_wrapper
+def main(argv):
+    del argv
+    import keras
+    import numpy as np
+
+    from relation_networks import config as config_lib
+    from relation_networks import precision
+    from relation_networks.errors import UserError
+    from relation_networks.tasks.nth_farthest import build_model
+
+    config = config_lib.load(FLAGS.config or "configs/nth_farthest.yaml", FLAGS.set)
+    if config.task != "nth_farthest":
+        raise UserError(f"{FLAGS.config} is not an nth_farthest config.")
+    if FLAGS.steps < 1 or FLAGS.eval_every_steps < 1:
+        raise UserError("--steps and --eval_every_steps must be positive.")
+    d = config.data
+    keras.mixed_precision.set_global_policy(precision.resolve(config.train.precision))
+    keras.utils.set_random_seed(FLAGS.seed)
+    model = build_model(config.model, d)
+    model.compile(keras.optimizers.Adam(config.train.learning_rate),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    val_x, val_y = samples(FLAGS.target, FLAGS.val_samples, d.val_seed, d.num_vectors, d.vector_dim)
+    guess = np.bincount(val_y).max() / len(val_y)
+    print(f"{config.model.type} on {FLAGS.target} ({d.num_vectors} vectors of {d.vector_dim} dims, Adam "
+          f"{config.train.learning_rate:g}, batch {config.train.batch_size}); guessing scores {100 * guess:.1f}%")
+    rows, done, start = [], 0, time.time()
+    while done < FLAGS.steps:
+        steps = min(FLAGS.eval_every_steps, FLAGS.steps - done)
+        x, y = samples(FLAGS.target, steps * config.train.batch_size, FLAGS.seed * 1_000_003 + done, d.num_vectors,
+                       d.vector_dim)
+        history = model.fit(x, y, batch_size=config.train.batch_size, epochs=1, shuffle=False, verbose=0)
+        done += steps
+        accuracy = float(np.mean(model.predict(val_x, batch_size=1024, verbose=0).argmax(-1) == val_y))
+        rows.append({"step": done, "seconds": round(time.time() - start, 1),
+                     "loss": round(float(history.history["loss"][-1]), 4), "val_accuracy": accuracy})
+        print(f"step {done:>6}  {rows[-1]['seconds']:>7.0f} s  loss {rows[-1]['loss']:.3f}  "
+              f"validation {100 * accuracy:.1f}%", flush=True)
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as f:
+            json.dump({"model": config.model.type, "target": FLAGS.target, "guess": guess, "seed": FLAGS.seed,
+                       "overrides": FLAGS.set, "precision": precision.resolve(config.train.precision),
+                       "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
