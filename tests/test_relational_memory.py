@@ -97,7 +97,7 @@ def test_nth_farthest_answers_by_independent_computation():
     np.testing.assert_array_equal(nf.generate(10, seed=5)["inputs"], nf.generate(10, seed=5)["inputs"])
 
 
-@pytest.mark.parametrize("config, extra", [("nth_farthest", []), ("nth_farthest_lstm", []),
+@pytest.mark.parametrize("config, extra", [("nth_farthest", ["model.input_mlp_units=[16]"]), ("nth_farthest_lstm", []),
                                            ("nth_farthest", ["model.type=rn", "model.g_units=[16,16]"])])
 def test_few_training_steps_and_export(config, extra, tmp_path):
     run_dir = str(tmp_path / "run")
@@ -110,6 +110,21 @@ def test_few_training_steps_and_export(config, extra, tmp_path):
     out = run_tool("export", "--run", run_dir, "--out", str(tmp_path / "sm"), "--serving_doc", str(tmp_path / "S.md"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "model.tflite" in out.stdout and "FAILED" not in out.stdout
+
+
+def test_input_mlp_feeds_the_recurrent_core_and_is_refused_for_the_rn():
+    from relation_networks import config as config_lib
+    from relation_networks.config import ConfigError
+    from relation_networks.tasks.nth_farthest import build_model
+
+    config = config_lib.load("configs/nth_farthest.yaml", ["model.input_mlp_units=[12,10]", "model.mem_slots=2",
+                                                           "model.head_size=4", "model.num_heads=2"])
+    model = build_model(config.model, config.data)
+    assert [model.get_layer(f"input_mlp_{k}").units for k in range(2)] == [12, 10]
+    assert model.get_layer("rmc").cell.input_projection.kernel.shape[0] == 10
+    config = config_lib.load("configs/nth_farthest.yaml", ["model.type=rn", "model.input_mlp_units=[12]"])
+    with pytest.raises(ConfigError, match="input_mlp_units"):
+        build_model(config.model, config.data)
 
 
 def test_nth_farthest_rn_ignores_the_order_of_the_vectors():

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from relation_networks import tasks
-from relation_networks.config import choice
+from relation_networks.config import ConfigError, choice
 from relation_networks.data import nth_farthest as nf
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
@@ -37,6 +37,9 @@ class NthFarthestModel(RelationalMemorySettings):
     # that sees all vectors at once.
     g_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256, 256, 256])
     mlp_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256, 256])  # head, + linear logits
+    # rmc / lstm: ReLU layers applied to every time step's input before the recurrent core (none by default), so
+    # the core receives non-linear features of each vector (its length, say) and not only a linear projection.
+    input_mlp_units: typing.List[int] = dataclasses.field(default_factory=list)
 
 
 def build_model(model_config, data_config):
@@ -44,16 +47,20 @@ def build_model(model_config, data_config):
     The recurrent core is unrolled over the fixed sequence length (TFLite builtin ops, dynamic batch)."""
     steps = data_config.num_vectors
     sequence = keras.Input((steps, nf.input_dim(data_config.num_vectors, data_config.vector_dim)), name="sequence")
-    if model_config.type == "rmc":
-        h = keras.layers.RNN(relational_memory(model_config), unroll=True, name="rmc")(sequence)
-    elif model_config.type == "rn":
+    if model_config.type == "rn":
+        if model_config.input_mlp_units:
+            raise ConfigError("model.input_mlp_units is for the recurrent models (rmc, lstm); the rn reads the vectors "
+                              "as they are.")
         width = data_config.vector_dim + data_config.num_vectors
         objects, question = sequence[:, :, :width], sequence[:, 0, width:]  # the question is on every step
         logits = RelationModule(model_config.g_units, list(model_config.mlp_units) + [data_config.num_vectors],
                                 name="relation_module")(objects, question=question)
         return logits_model({"sequence": sequence}, logits, "nth_farthest_rn")
+    steps_in = mlp(sequence, model_config.input_mlp_units, "input_mlp")
+    if model_config.type == "rmc":
+        h = keras.layers.RNN(relational_memory(model_config), unroll=True, name="rmc")(steps_in)
     else:
-        h = keras.layers.LSTM(model_config.lstm_units, unroll=True, name="lstm")(sequence)
+        h = keras.layers.LSTM(model_config.lstm_units, unroll=True, name="lstm")(steps_in)
     logits = keras.layers.Dense(data_config.num_vectors, name="answer")(mlp(h, model_config.mlp_units, "mlp"))
     return logits_model({"sequence": sequence}, logits, f"nth_farthest_{model_config.type}")
 
