@@ -1,7 +1,5 @@
 """RelationalMemory cell and the Nth-farthest task."""
 
-import functools
-
 import numpy as np
 import pytest
 import keras
@@ -143,27 +141,11 @@ def test_nth_farthest_rn_ignores_the_order_of_the_vectors():
     assert np.abs(keras.ops.convert_to_numpy(model({"sequence": changed})) - out).max() > 1e-6
 
 
-@functools.lru_cache(maxsize=None)  # the tool defines absl flags on import: load it once
-def _probe_samples():
-    import importlib.util
-    import os
-    import sys
-
-    tools = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
-    sys.path.insert(0, tools)
-    path = os.path.join(tools, "probe_nth_farthest.py")
-    spec = importlib.util.spec_from_file_location("probe_nth_farthest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.samples
-
-
-@pytest.mark.parametrize("target", ["largest_x", "largest_norm", "reference_sign", "farthest", "full"])
+@pytest.mark.parametrize("target", nf.SUB_TASKS)
 def test_probe_sub_task_labels_by_independent_computation(target):
     """The probe's sub-task labels, recomputed here one sample at a time from the inputs the model sees."""
-    samples = _probe_samples()
     num_vectors, dim = 5, 3
-    inputs, labels = samples(target, 60, 7, num_vectors, dim)
+    inputs, labels = nf.sub_task(target, 60, 7, num_vectors, dim)
     assert inputs.shape == (60, num_vectors, nf.input_dim(num_vectors, dim))
     for x, label in zip(inputs, labels):
         ids = x[:, dim : dim + num_vectors].argmax(-1)
@@ -196,5 +178,7 @@ def test_probe_tool_runs_and_rejects_other_tasks(tmp_path):
     report = json.loads(out.read_text())
     assert [row["step"] for row in report["rows"]] == [2, 4] and report["target"] == "reference_sign"
     assert 0.5 <= report["guess"] <= 1.0
+    with pytest.raises(ValueError, match="Unknown sub-task"):
+        nf.sub_task("nearest", 4, 0)
     bad = run_tool("probe_nth_farthest", "--config", "configs/babi.yaml")
     assert bad.returncode == 2 and "not an nth_farthest config" in bad.stderr

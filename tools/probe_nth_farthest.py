@@ -29,38 +29,13 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 _common.define_config_flags()
-TARGETS = ("largest_x", "largest_norm", "reference_sign", "farthest", "full")
-flags.DEFINE_enum("target", "full", TARGETS, "The sub-task to learn (see the module docstring).")
+flags.DEFINE_enum("target", "full", ["largest_x", "largest_norm", "reference_sign", "farthest", "full"],
+                  "The sub-task to learn (see the module docstring).")
 flags.DEFINE_integer("steps", 1500, "Training steps.")
 flags.DEFINE_integer("eval_every_steps", 500, "Score the validation samples every this many steps.")
 flags.DEFINE_integer("val_samples", 5000, "Validation samples (a fixed, separately seeded set).")
 flags.DEFINE_integer("seed", 0, "Initialisation and sampling seed.")
 flags.DEFINE_string("json", None, "Also write the rows here.")
-
-
-def samples(target, count, seed, num_vectors, vector_dim):
-    """`(inputs, labels)` for `target`: inputs as the task generates them, labels int32 (see the docstring)."""
-    import numpy as np
-
-    from relation_networks.data import nth_farthest as nf
-
-    d = nf.generate(count, seed, num_vectors, vector_dim)
-    inputs, labels = d["inputs"], d["answers"]
-    if target == "largest_x":
-        labels = d["vectors"][..., 0].argmax(-1)
-    elif target == "largest_norm":
-        labels = np.linalg.norm(d["vectors"], axis=-1).argmax(-1)
-    elif target == "reference_sign":
-        labels = d["vectors"][np.arange(count), d["reference"], 0] > 0
-    elif target == "farthest":  # generate() draws the rank uniformly: set it to 1 and recompute the answer
-        distance = np.linalg.norm(d["vectors"] - d["vectors"][np.arange(count), d["reference"]][:, None], axis=-1)
-        distance[np.arange(count), d["reference"]] = -np.inf
-        labels = distance.argmax(-1)
-        width = vector_dim + 2 * num_vectors  # the rank one-hot is the last num_vectors columns of every row
-        inputs = inputs.copy()
-        inputs[..., width:] = 0.0
-        inputs[..., width] = 1.0
-    return inputs, labels.astype(np.int32)
 
 
 @_common.main_wrapper
@@ -71,6 +46,7 @@ def main(argv):
 
     from relation_networks import config as config_lib
     from relation_networks import precision
+    from relation_networks.data import nth_farthest as nf
     from relation_networks.errors import UserError
     from relation_networks.tasks.nth_farthest import build_model
 
@@ -85,14 +61,14 @@ def main(argv):
     model = build_model(config.model, d)
     model.compile(keras.optimizers.Adam(config.train.learning_rate),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    val_x, val_y = samples(FLAGS.target, FLAGS.val_samples, d.val_seed, d.num_vectors, d.vector_dim)
+    val_x, val_y = nf.sub_task(FLAGS.target, FLAGS.val_samples, d.val_seed, d.num_vectors, d.vector_dim)
     guess = np.bincount(val_y).max() / len(val_y)
     print(f"{config.model.type} on {FLAGS.target} ({d.num_vectors} vectors of {d.vector_dim} dims, Adam "
           f"{config.train.learning_rate:g}, batch {config.train.batch_size}); guessing scores {100 * guess:.1f}%")
     rows, done, start = [], 0, time.time()
     while done < FLAGS.steps:
         steps = min(FLAGS.eval_every_steps, FLAGS.steps - done)
-        x, y = samples(FLAGS.target, steps * config.train.batch_size, FLAGS.seed * 1_000_003 + done, d.num_vectors,
+        x, y = nf.sub_task(FLAGS.target, steps * config.train.batch_size, FLAGS.seed * 1_000_003 + done, d.num_vectors,
                        d.vector_dim)
         history = model.fit(x, y, batch_size=config.train.batch_size, epochs=1, shuffle=False, verbose=0)
         done += steps

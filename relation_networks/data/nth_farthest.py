@@ -43,3 +43,37 @@ def generate(num_samples, seed, num_vectors=8, vector_dim=16):
         axis=-1,
     )
     return {"inputs": inputs, "answers": answers, "vectors": vectors, "reference": reference, "rank": rank, "order": order}
+
+
+SUB_TASKS = ("largest_x", "largest_norm", "reference_sign", "farthest", "full")
+
+
+def sub_task(target, num_samples, seed, num_vectors=8, vector_dim=16):
+    """`(inputs, labels)` for a piece of the task on the task's own inputs (`tools/probe_nth_farthest.py`):
+
+        largest_x       id of the vector with the largest first coordinate
+        largest_norm    id of the longest vector
+        reference_sign  1 if vector m's first coordinate is positive, else 0
+        farthest        id of the vector farthest from m; the rank one-hot of every step is set to rank 1
+        full            the Nth-farthest answer
+
+    `inputs` float32 `[num_samples, num_vectors, input_dim]` as `generate` makes them, `labels` int32."""
+    if target not in SUB_TASKS:
+        raise ValueError(f"Unknown sub-task {target!r}; expected one of {', '.join(SUB_TASKS)}.")
+    d = generate(num_samples, seed, num_vectors, vector_dim)
+    inputs, labels, rows = d["inputs"], d["answers"], np.arange(num_samples)
+    if target == "largest_x":
+        labels = d["vectors"][..., 0].argmax(-1)
+    elif target == "largest_norm":
+        labels = np.linalg.norm(d["vectors"], axis=-1).argmax(-1)
+    elif target == "reference_sign":
+        labels = d["vectors"][rows, d["reference"], 0] > 0
+    elif target == "farthest":
+        distance = np.linalg.norm(d["vectors"] - d["vectors"][rows, d["reference"]][:, None], axis=-1)
+        distance[rows, d["reference"]] = -np.inf
+        labels = distance.argmax(-1)
+        rank_column = vector_dim + 2 * num_vectors  # the rank one-hot is the last num_vectors columns of a step
+        inputs = inputs.copy()
+        inputs[..., rank_column:] = 0.0
+        inputs[..., rank_column] = 1.0
+    return inputs, labels.astype(np.int32)
