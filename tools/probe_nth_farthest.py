@@ -21,7 +21,6 @@ Fresh samples for every `--eval_every_steps` steps (seeded); prints validation a
 guessing (the most frequent answer), and writes the rows to `--json`.
 """
 
-import json
 import time
 
 import _common  # noqa: F401
@@ -48,6 +47,7 @@ def main(argv):
     from relation_networks import precision
     from relation_networks.data import nth_farthest as nf
     from relation_networks.errors import UserError
+    from relation_networks.io import atomic_write_json
     from relation_networks.tasks.nth_farthest import build_model
 
     config = config_lib.load(FLAGS.config or "configs/nth_farthest.yaml", FLAGS.set)
@@ -68,8 +68,8 @@ def main(argv):
     rows, done, start = [], 0, time.time()
     while done < FLAGS.steps:
         steps = min(FLAGS.eval_every_steps, FLAGS.steps - done)
-        x, y = nf.sub_task(FLAGS.target, steps * config.train.batch_size, FLAGS.seed * 1_000_003 + done, d.num_vectors,
-                       d.vector_dim)
+        x, y = nf.sub_task(FLAGS.target, steps * config.train.batch_size, FLAGS.seed * 1_000_003 + done,
+                           d.num_vectors, d.vector_dim)
         history = model.fit(x, y, batch_size=config.train.batch_size, epochs=1, shuffle=False, verbose=0)
         done += steps
         accuracy = float(np.mean(model.predict(val_x, batch_size=1024, verbose=0).argmax(-1) == val_y))
@@ -78,10 +78,9 @@ def main(argv):
         print(f"step {done:>6}  {rows[-1]['seconds']:>7.0f} s  loss {rows[-1]['loss']:.3f}  "
               f"validation {100 * accuracy:.1f}%", flush=True)
     if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump({"model": config.model.type, "target": FLAGS.target, "guess": guess, "seed": FLAGS.seed,
-                       "overrides": FLAGS.set, "precision": precision.resolve(config.train.precision),
-                       "rows": rows}, f, indent=2)
+        atomic_write_json(FLAGS.json, {"model": config.model.type, "target": FLAGS.target, "guess": guess,
+                                       "seed": FLAGS.seed, "overrides": FLAGS.set,
+                                       "precision": precision.resolve(config.train.precision), "rows": rows})
 
 
 if __name__ == "__main__":
