@@ -56,7 +56,8 @@ def main(argv):
     if FLAGS.steps < 1 or FLAGS.eval_every_steps < 1:
         raise UserError("--steps and --eval_every_steps must be positive.")
     d = config.data
-    keras.mixed_precision.set_global_policy(precision.resolve(config.train.precision))
+    policy = precision.resolve(config.train.precision)
+    keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(FLAGS.seed)
     model = build_model(config.model, d)
     model.compile(keras.optimizers.Adam(config.train.learning_rate),
@@ -80,7 +81,7 @@ def main(argv):
     if FLAGS.json:
         atomic_write_json(FLAGS.json, {"model": config.model.type, "target": FLAGS.target, "guess": guess,
                                        "seed": FLAGS.seed, "overrides": FLAGS.set,
-                                       "precision": precision.resolve(config.train.precision), "rows": rows})
+                                       "precision": policy, "rows": rows})
 
 
 if __name__ == "__main__":

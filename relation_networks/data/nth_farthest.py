@@ -13,6 +13,15 @@ def input_dim(num_vectors, vector_dim):
     return vector_dim + 3 * num_vectors
 
 
+def _by_distance(vectors, reference):
+    """Ids `[num_samples, num_vectors]` ordered by distance from vector `reference`, farthest first, ties by id;
+    `reference` itself comes last (it is never an answer)."""
+    rows = np.arange(len(vectors))
+    distance = np.linalg.norm(vectors - vectors[rows, reference][:, None], axis=-1)
+    distance[rows, reference] = -np.inf
+    return np.argsort(-distance, axis=1, kind="stable")
+
+
 def generate(num_samples, seed, num_vectors=8, vector_dim=16):
     """Returns `inputs` float32 `[num_samples, num_vectors, vector_dim + 3 * num_vectors]`, `answers` int32
     `[num_samples]`, and the raw `vectors` `[num_samples, num_vectors, vector_dim]` (indexed by id), `reference`
@@ -26,10 +35,7 @@ def generate(num_samples, seed, num_vectors=8, vector_dim=16):
     rank = rng.integers(1, num_vectors, size=num_samples)  # 1 .. num_vectors - 1
     order = np.argsort(rng.uniform(size=(num_samples, num_vectors)), axis=1)
 
-    distance = np.linalg.norm(vectors - vectors[np.arange(num_samples), reference][:, None], axis=-1)
-    distance[np.arange(num_samples), reference] = -np.inf  # m itself is never an answer
-    by_distance = np.argsort(-distance, axis=1, kind="stable")  # farthest first
-    answers = by_distance[np.arange(num_samples), rank - 1].astype(np.int32)
+    answers = _by_distance(vectors, reference)[np.arange(num_samples), rank - 1].astype(np.int32)
 
     eye = np.eye(num_vectors, dtype=np.float32)
     shown = np.take_along_axis(vectors, order[..., None], axis=1)
@@ -69,9 +75,7 @@ def sub_task(target, num_samples, seed, num_vectors=8, vector_dim=16):
     elif target == "reference_sign":
         labels = d["vectors"][rows, d["reference"], 0] > 0
     elif target == "farthest":
-        distance = np.linalg.norm(d["vectors"] - d["vectors"][rows, d["reference"]][:, None], axis=-1)
-        distance[rows, d["reference"]] = -np.inf
-        labels = distance.argmax(-1)
+        labels = _by_distance(d["vectors"], d["reference"])[:, 0]
         rank_column = vector_dim + 2 * num_vectors  # the rank one-hot is the last num_vectors columns of a step
         inputs = inputs.copy()
         inputs[..., rank_column:] = 0.0
