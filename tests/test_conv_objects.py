@@ -66,3 +66,34 @@ def test_early_features_are_the_first_layer_averaged_over_each_cell():
     np.testing.assert_allclose(objects[:, :, -2:], np.broadcast_to(cell_coordinates(5, 5).numpy(), (2, 25, 2)), atol=1e-6)
     feature_map = ConvObjectExtractor([3, 5, 7, 9], early_features=True, output_mode="feature_map")
     assert tuple(feature_map(images).shape) == (2, 5, 5, 12)
+
+
+def test_film_starts_as_the_plain_cnn_and_then_depends_on_the_question():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(3, 30, 30, 3)).astype("float32")
+    questions = np.eye(3, 5, dtype="float32")
+    plain = ConvObjectExtractor([4, 6], name="plain_cnn")
+    film = ConvObjectExtractor([4, 6], film_layers=[0], name="conditioned_cnn")
+    film(images, condition=questions)
+    plain(images)
+    for source, target in zip(plain.weights, [w for w in film.weights if "/film_" not in w.path]):
+        target.assign(source)
+    np.testing.assert_allclose(film(images, condition=questions), plain(images), rtol=1e-6)  # zero-initialised
+    film.film["0"].kernel.assign(rng.normal(size=film.film["0"].kernel.shape))
+    same_image = np.repeat(images[:1], 3, axis=0)
+    out = film(same_image, condition=questions).numpy()
+    assert np.abs(out[0] - out[1]).max() > 1e-3 and np.abs(out[1] - out[2]).max() > 1e-3
+    np.testing.assert_allclose(film(same_image, condition=questions[[0, 0, 0]])[2], out[0], rtol=1e-5, atol=1e-6)
+
+
+def test_film_config_round_trip_and_validation():
+    layer = ConvObjectExtractor([4, 8], film_layers=[1, 0])
+    assert layer.film_layers == [0, 1]
+    clone = ConvObjectExtractor.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    with pytest.raises(ValueError, match="film_layers"):
+        ConvObjectExtractor([4, 8], film_layers=[2])
+    with pytest.raises(ValueError, match="film_layers"):
+        ConvObjectExtractor([4, 8], film_layers=0)
+    with pytest.raises(ValueError, match="needs a condition"):
+        layer(np.zeros((1, 16, 16, 3), "float32"))

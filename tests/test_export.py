@@ -15,7 +15,9 @@ from conftest import run_tool, tiny_sort_of_clevr_overrides
 def sort_of_clevr_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("export")
     run_dir = str(base / "run")
-    args = ["--config", "configs/sort_of_clevr.yaml", "--set", "train.epochs=1", "--set", "train.eval_splits=[]"]
+    # With the CNN conditioned on the question (model.film_layers), the export carries the question into the CNN.
+    args = ["--config", "configs/sort_of_clevr.yaml", "--set", "train.epochs=1", "--set", "train.eval_splits=[]",
+            "--set", "model.film_layers=[0]"]
     for o in tiny_sort_of_clevr_overrides(str(base / "data"), run_dir):
         args += ["--set", o]
     result = run_tool("train", *args)

@@ -60,10 +60,14 @@ def test_groups_are_redrawn_each_epoch_and_deterministic(data_dir):
     assert grouping(1) != grouping(2)
 
 
-@pytest.mark.parametrize("model_type", ["rn", "mlp"])
-def test_grouped_forward_equals_the_per_question_model(data_dir, model_type):
-    config = _config(data_dir, f"model.type={model_type}", "data.group_questions=5")
+@pytest.mark.parametrize("model_type, film_layers", [("rn", "[]"), ("mlp", "[]"), ("rn", "[0,2]"), ("mlp", "[0]")])
+def test_grouped_forward_equals_the_per_question_model(data_dir, model_type, film_layers):
+    config = _config(data_dir, f"model.type={model_type}", "data.group_questions=5", f"model.film_layers={film_layers}")
     model = TASK.build_model(config)
+    rng = np.random.default_rng(0)
+    for weight in model.get_layer("cnn").weights:
+        if "/film_" in weight.path:  # FiLM starts at zero (question-blind): make each question change the CNN
+            weight.assign(rng.normal(size=weight.shape))
     forward = TASK.training_forward(config, model)
     features, labels = next(iter(TASK.training_dataset(config, seed=0).batch(3)))
     grouped = forward(features, training=False).numpy()
@@ -109,3 +113,9 @@ def test_report_breaks_accuracy_down_by_question_colour(data_dir):
         for colour, accuracy in colours.items():
             assert accuracy == (1.0 if colour == "red" else 0.0), (subtype, colour)
     assert any("red" in colours for colours in by_colour.values())
+
+
+def test_film_layer_out_of_range_is_a_config_error(data_dir):
+    config = _config(data_dir, "model.film_layers=[4]")  # the CNN has layers 0-3
+    with pytest.raises(ConfigError, match="film_layers"):
+        TASK.build_model(config)

@@ -46,9 +46,18 @@ class ConvObjectExtractor(keras.layers.Layer):
             to every cell (a "hypercolumn" skip connection; adds `filters[0]` dims). The first layer sees 3x3
             pixels, so these features keep each cell's colours, which the deep features can lose while the
             network is still learning what the question asks about (see `tools/probe_objects.py`).
+        film_layers: indices of the conv layers whose batch-normalised output is modulated by a conditioning
+            vector before the ReLU (FiLM, Perez et al. 2018): `x * (1 + gamma(c)) + beta(c)` per channel, with
+            `[gamma, beta]` a linear function of `condition`, initialised to zero, so training starts from the
+            unconditioned CNN. Empty (the default, and the paper): no conditioning. Conditioning the first layer
+            on the question lets it pick out the pixels of the colour the question names, which a CNN+RN
+            otherwise has to discover through the relation module (docs/RESULTS.md, Sort-of-CLEVR). The CNN then
+            depends on the question, so it runs once per question rather than once per image.
 
     Call arguments:
         images: `[batch, height, width, channels]` float images.
+        condition: `[batch, dim]` float conditioning vector (the question); required with `film_layers`,
+            ignored otherwise.
         training: bool, batch-norm mode.
 
     Returns:
@@ -66,6 +75,7 @@ class ConvObjectExtractor(keras.layers.Layer):
         synchronized_bn=False,
         output_mode="objects",
         early_features=False,
+        film_layers=(),
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -90,6 +100,18 @@ class ConvObjectExtractor(keras.layers.Layer):
             raise ValueError(f"Invalid value for argument bn_momentum: expected a value in [0, 1), got {bn_momentum!r}.")
         self.bn_momentum = float(bn_momentum)
         self.synchronized_bn = bool(synchronized_bn)
+        if isinstance(film_layers, int) or not all(
+            isinstance(k, int) and not isinstance(k, bool) and 0 <= k < len(self.filters) for k in film_layers
+        ):
+            raise ValueError(
+                f"Invalid value for argument film_layers: expected indices of conv layers in [0, {len(self.filters)}), "
+                f"got {film_layers!r}."
+            )
+        self.film_layers = sorted(set(film_layers))
+        self.film = {  # string keys: TensorFlow's SavedModel cannot track a dict with int keys
+            str(k): keras.layers.Dense(2 * self.filters[k], kernel_initializer="zeros", name=f"film_{k}", dtype=self.dtype_policy)
+            for k in self.film_layers
+        }
         self.blocks = []
         for k, f in enumerate(self.filters):
             conv = keras.layers.Conv2D(
@@ -101,20 +123,34 @@ class ConvObjectExtractor(keras.layers.Layer):
             )
             self.blocks.append((conv, bn))
 
-    def build(self, images_shape):
+    def build(self, images_shape, condition_shape=None):
+        if self.film_layers:
+            if condition_shape is None or len(condition_shape) != 2 or condition_shape[-1] is None:
+                raise ValueError(
+                    f"ConvObjectExtractor with film_layers={self.film_layers} needs a condition of shape [batch, dim], "
+                    f"got {None if condition_shape is None else tuple(condition_shape)}."
+                )
+            for film in self.film.values():
+                film.build(tuple(condition_shape))
         shape = tuple(images_shape)
         for conv, bn in self.blocks:
             conv.build(shape)
             shape = conv.compute_output_shape(shape)
             bn.build(shape)
 
-    def feature_map(self, images, training=None):
+    def feature_map(self, images, condition=None, training=None):
         """The conv stack's `[batch, d_h, d_w, k]` output, before flattening (used by the CNN+MLP baseline);
         with `early_features`, the pooled first-layer features are concatenated on the channel axis."""
+        if self.film_layers and condition is None:
+            raise ValueError(f"ConvObjectExtractor with film_layers={self.film_layers} needs a condition.")
         x = images
         first = None
-        for conv, bn in self.blocks:
-            x = ops.relu(bn(conv(x), training=training))
+        for k, (conv, bn) in enumerate(self.blocks):
+            x = bn(conv(x), training=training)
+            if str(k) in self.film:
+                gamma, beta = ops.split(ops.cast(self.film[str(k)](condition), x.dtype)[:, None, None, :], 2, axis=-1)
+                x = x * (1.0 + gamma) + beta
+            x = ops.relu(x)
             first = x if first is None else first
         if self.early_features:
             x = ops.concatenate([x, self._pool_to(first, x.shape[1], x.shape[2])], axis=-1)
@@ -127,8 +163,8 @@ class ConvObjectExtractor(keras.layers.Layer):
         pooled = ops.average_pool(x, window, strides=window, padding="same")
         return pooled[:, :height, :width, :]
 
-    def call(self, images, training=None):
-        x = self.feature_map(images, training=training)
+    def call(self, images, condition=None, training=None):
+        x = self.feature_map(images, condition=condition, training=training)
         if self.output_mode == "feature_map":
             return x
         batch = ops.shape(x)[0]
@@ -138,7 +174,7 @@ class ConvObjectExtractor(keras.layers.Layer):
         coords = ops.broadcast_to(ops.expand_dims(coords, 0), (batch, height * width, 2))
         return ops.concatenate([features, coords], axis=-1)
 
-    def compute_output_shape(self, images_shape):
+    def compute_output_shape(self, images_shape, condition_shape=None):
         shape = tuple(images_shape)
         for conv, _ in self.blocks:
             shape = conv.compute_output_shape(shape)
@@ -159,5 +195,6 @@ class ConvObjectExtractor(keras.layers.Layer):
             synchronized_bn=self.synchronized_bn,
             output_mode=self.output_mode,
             early_features=self.early_features,
+            film_layers=list(self.film_layers),
         )
         return config

@@ -51,6 +51,9 @@ class SortOfClevrModel:
     bn_momentum: float = 0.9
     synchronized_bn: bool = False
     early_features: bool = False  # ConvObjectExtractor(early_features=...): pooled first-layer features per cell
+    # ConvObjectExtractor(film_layers=...): conv layers modulated by the question (FiLM); [] = the paper's CNN,
+    # which sees only the image. With any, the CNN runs once per question (data.group_questions saves no CNN work).
+    film_layers: typing.List[int] = dataclasses.field(default_factory=list)
 
 
 def relation_module(model_config):
@@ -77,6 +80,7 @@ def _layers(model_config):
             synchronized_bn=model_config.synchronized_bn,
             output_mode="objects" if model_config.type == "rn" else "feature_map",
             early_features=model_config.early_features,
+            film_layers=model_config.film_layers,
             name="cnn",
         ),
         "logits": keras.layers.Activation("linear", dtype="float32", name="logits"),
@@ -96,10 +100,17 @@ def _layers(model_config):
 
 def _logits(layers, model_config, image, question, training=None, questions_per_image=1):
     """Answer logits for uint8 `image` `[B, 75, 75, 3]` and `question` `[B * questions_per_image, 11]`: the CNN
-    runs once per image and its output is repeated for that image's consecutive questions."""
-    features = layers["cnn"](layers["rescale"](image), training=training)
-    if questions_per_image > 1:
-        features = keras.ops.repeat(features, questions_per_image, axis=0)
+    runs once per image and its output is repeated for that image's consecutive questions (once per question
+    when it is conditioned on the question, `model_config.film_layers`)."""
+    image = layers["rescale"](image)
+    if model_config.film_layers:
+        if questions_per_image > 1:
+            image = keras.ops.repeat(image, questions_per_image, axis=0)
+        features = layers["cnn"](image, condition=question, training=training)
+    else:
+        features = layers["cnn"](image, training=training)
+        if questions_per_image > 1:
+            features = keras.ops.repeat(features, questions_per_image, axis=0)
     if model_config.type == "rn":
         logits = layers["relation_module"](features, question=question, training=training)
     else:
@@ -230,7 +241,10 @@ class SortOfClevr(Task):
         return forward
 
     def build_model(self, config):
-        return build_model(config.model)
+        try:
+            return build_model(config.model)
+        except ValueError as e:  # a layer refused an argument taken from the config (e.g. model.film_layers)
+            raise ConfigError(f"model: {e}") from e
 
     def answer_names(self, config):
         return list(soc.ANSWERS)
