@@ -142,3 +142,13 @@ def test_existing_version_is_not_overwritten(exported, sort_of_clevr_run):
     with pytest.raises(export.ExportError, match="already exists"):
         export.export(sort_of_clevr_run[0], os.path.dirname(os.path.dirname(path)), version=3)
     assert sorted(os.listdir(path)) == before
+
+
+def test_tools_on_a_question_conditioned_cnn(sort_of_clevr_run, tmp_path):
+    run_dir, _ = sort_of_clevr_run  # trained with model.film_layers=[0]
+    result = run_tool("visualize", "--model", run_dir, "--num", "1", "--out", str(tmp_path / "vis"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert any(name.endswith(".png") for name in os.listdir(tmp_path / "vis"))
+    result = run_tool("probe_objects", "--run", run_dir, "--images", "10")
+    assert result.returncode == 2
+    assert "conditioned on the question" in result.stderr and "Traceback" not in result.stderr

@@ -86,6 +86,9 @@ def main(argv):
     config, model, _ = load_keras_predictor(FLAGS.run)
     if config.task != "sort_of_clevr":
         raise UserError(f"{FLAGS.run} is a {config.task} run; the object probe is for sort_of_clevr runs.")
+    if config.model.film_layers:
+        raise UserError(f"{FLAGS.run}'s CNN is conditioned on the question (model.film_layers); the object probe reads "
+                        "the cells of a CNN that sees only the image.")
     data = soc.generate(FLAGS.images, seed=FLAGS.seed)
     images = tf.constant(data["images"])
 

@@ -44,7 +44,7 @@ def cell_weights(model, images, questions):
         raise UserError("visualize needs a CNN+RN model (this one has no RelationModule; the CNN+MLP baseline has no relations).")
     cnn = model.get_layer("cnn")
     pixels = model.get_layer("rescale")(images)
-    objects = cnn(pixels, training=False)
+    objects = cnn(pixels, condition=tf.constant(questions), training=False)  # (the condition is unused without FiLM)
     _, relations = rn(objects, question=tf.constant(questions), training=False, return_relations=True)
     relations = tf.cast(relations, tf.float32)
     aggregate = tf.reduce_sum(relations, axis=(1, 2))
