@@ -58,7 +58,7 @@ def float32_model(task, config, trained):
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
     try:
-        model = task.build_model(config)
+        model = task.model_from_config(config)
     finally:
         keras.config.set_dtype_policy(previous)
     model.set_weights(trained.get_weights())

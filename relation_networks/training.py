@@ -317,7 +317,7 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
     stop_step = min(total_steps, train_cfg.max_steps) if train_cfg.max_steps else total_steps
 
     with strategy.scope():
-        model = task.build_model(config)
+        model = task.model_from_config(config)
         optimizer = LayerwiseAdam(
             make_learning_rate(train_cfg, steps_per_epoch, total_steps), lr_multipliers=train_cfg.lr_multipliers
         )

@@ -182,3 +182,15 @@ def test_probe_tool_runs_and_rejects_other_tasks(tmp_path):
         nf.sub_task("nearest", 4, 0)
     bad = run_tool("probe_nth_farthest", "--config", "configs/babi.yaml")
     assert bad.returncode == 2 and "not an nth_farthest config" in bad.stderr
+
+
+@pytest.mark.parametrize("config,setting,message", [
+    ("configs/nth_farthest.yaml", "model.num_heads=0", "num_heads"),
+    ("configs/nth_farthest_lstm.yaml", "model.lstm_units=0", "units"),
+])
+def test_a_model_setting_a_layer_refuses_is_one_config_message(config, setting, message, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_tool("train", "--config", config, "--run_dir", str(run_dir), "--set", setting)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "model: " in result.stderr and message in result.stderr and "Traceback" not in result.stderr
+    assert not run_dir.exists()  # refused before anything was written

@@ -118,4 +118,4 @@ def test_report_breaks_accuracy_down_by_question_colour(data_dir):
 def test_film_layer_out_of_range_is_a_config_error(data_dir):
     config = _config(data_dir, "model.film_layers=[4]")  # the CNN has layers 0-3
     with pytest.raises(ConfigError, match="film_layers"):
-        TASK.build_model(config)
+        TASK.model_from_config(config)

@@ -79,7 +79,7 @@ def throughput(config_path):
                     config.model.factorized = factorized
                     keras.config.set_dtype_policy(precision)
                     keras.utils.set_random_seed(0)
-                    model = task.build_model(config)
+                    model = task.model_from_config(config)
                     keras.config.set_dtype_policy("float32")
                     forward = task.training_forward(config, model)
                     optimizer = keras.optimizers.Adam(1e-4)

@@ -99,7 +99,7 @@ def main(argv):
         return keras.ops.convert_to_numpy(features)
 
     keras.utils.set_random_seed(FLAGS.seed)
-    fresh = tasks.get("sort_of_clevr").build_model(config)
+    fresh = tasks.get("sort_of_clevr").model_from_config(config)
     scores = {
         "trained": probe(cells(model, False), data["objects"]),
         "initial": probe(cells(fresh, True), data["objects"]),  # batch statistics: untrained moving averages

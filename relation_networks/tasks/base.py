@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from relation_networks.config import ConfigError
 from relation_networks.evaluation import Report
 
 
@@ -68,6 +69,14 @@ class Task:
     def build_model(self, config):
         """A `keras.Model` from the config, taking the features dict and returning float32 logits."""
         raise NotImplementedError
+
+    def model_from_config(self, config):
+        """`build_model` for a user's config (what the tools call): a layer that refuses an argument taken from the
+        config (a `ValueError`, e.g. `model.num_heads: 0`) becomes a `ConfigError` naming the `model` section."""
+        try:
+            return self.build_model(config)
+        except ValueError as e:
+            raise ConfigError(f"model: {e}") from e
 
     def loss(self, config, labels, logits):
         """Per-example loss `[batch]` (default: softmax cross-entropy over classes)."""

@@ -241,10 +241,7 @@ class SortOfClevr(Task):
         return forward
 
     def build_model(self, config):
-        try:
-            return build_model(config.model)
-        except ValueError as e:  # a layer refused an argument taken from the config (e.g. model.film_layers)
-            raise ConfigError(f"model: {e}") from e
+        return build_model(config.model)
 
     def answer_names(self, config):
         return list(soc.ANSWERS)
