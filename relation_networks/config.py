@@ -62,6 +62,10 @@ class TrainConfig:
     # A validation metric (e.g. accuracy, scenes_all_correct; higher is better): keep the model of the evaluation
     # where it peaked in <run_dir>/best/, and make that model the run's model.keras and final evaluation.
     keep_best: typing.Optional[str] = None
+    # Precise batch norm: before every evaluation and before the model is saved, set each batch-norm layer's moving
+    # statistics to the mean of its batch statistics over this many training batches (in training mode, the model
+    # unchanged otherwise); 0 keeps the moving averages of training.
+    bn_recalibration_batches: int = 0
     distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
 
 

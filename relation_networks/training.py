@@ -14,12 +14,14 @@ A run directory holds:
 Re-running the same command resumes from the newest readable checkpoint.
 """
 
+import itertools
 import os
 import platform
 import sys
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from relation_networks import config as config_lib
@@ -266,6 +268,51 @@ class BestModel:
         return self.record
 
 
+def batch_norm_layers(model):
+    """Every `BatchNormalization` layer inside `model`, nested ones included."""
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def recalibrate_batch_norm(model, forward, dataset, strategy=None):
+    """Set every batch-norm layer's moving mean and variance to the mean of its batch statistics over `dataset`
+    (`(features, labels)` batches as in training; "precise BN"). The moving averages kept during training trail
+    the weights and carry the noise of their last few batches; a model whose later layers normalise features the
+    question modulates (FiLM) turned out to be very sensitive to that (docs/RESULTS.md). Returns the batch count.
+
+    `forward(features, training)` is the training forward pass. With a `strategy`, `dataset` yields distributed
+    batches and each replica runs its part (with synchronized batch norm, every worker ends with the same
+    statistics, as in training)."""
+    layers = batch_norm_layers(model)
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0  # after a training-mode call the moving statistics are that batch's
+
+    def batch_statistics(features):
+        forward(features, training=True)
+        return [tf.identity(v) for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
+
+    step = tf.function(lambda features: strategy.run(batch_statistics, args=(features,)) if strategy
+                       else batch_statistics(features))
+    sums, count = None, 0
+    try:
+        for features, _ in dataset:
+            stats = [keras.ops.convert_to_numpy(strategy.experimental_local_results(v)[0] if strategy else v)
+                     .astype(np.float64) for v in step(features)]
+            sums = stats if sums is None else [a + b for a, b in zip(sums, stats)]
+            count += 1
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    if count:
+        for i, layer in enumerate(layers):
+            layer.moving_mean.assign(sums[2 * i] / count)
+            layer.moving_variance.assign(sums[2 * i + 1] / count)
+    return count
+
+
 def weights_digest(model):
     """SHA-256 over every variable of `model` (name, dtype, shape and bytes), in a fixed order."""
     import hashlib
@@ -304,6 +351,11 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
 
     replicas = strategy.num_replicas_in_sync
     global_batch = train_cfg.batch_size * num_workers
+    if train_cfg.bn_recalibration_batches < 0:
+        raise config_lib.ConfigError(
+            f"train.bn_recalibration_batches must be 0 (off) or a number of batches, got "
+            f"{train_cfg.bn_recalibration_batches}."
+        )
     if global_batch % replicas:
         raise UserError(f"train.batch_size x workers ({global_batch}) must be divisible by the {replicas} replicas.")
     num_train = task.num_examples(config, "train")
@@ -368,6 +420,22 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
         return make
 
     forward = task.training_forward(config, model)
+    calibrated_at = [None]
+
+    def recalibrate():
+        """Precise batch-norm statistics (train.bn_recalibration_batches) for the model about to be evaluated or
+        saved; every worker runs it on the same batches."""
+        if not train_cfg.bn_recalibration_batches or calibrated_at[0] == step:
+            return
+        start = time.perf_counter()
+        # Batches as in training, from a fixed draw (not an epoch's): each worker gets its share of the global batch.
+        batches = iter(strategy.distribute_datasets_from_function(dataset_fn(-1, 0)))
+        count = recalibrate_batch_norm(
+            model, forward, itertools.islice(batches, min(train_cfg.bn_recalibration_batches, steps_per_epoch)),
+            strategy)
+        calibrated_at[0] = step
+        if count:
+            log(f"Batch-norm statistics re-estimated over {count} training batches ({time.perf_counter() - start:.0f} s).")
 
     def replica_step(features, labels):
         with tf.GradientTape() as tape:
@@ -450,6 +518,8 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
 
         if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
             manager.save(checkpoint_number=step)
+        if step == (epoch + 1) * steps_per_epoch and "val" in train_cfg.eval_splits:
+            recalibrate()
         if step == (epoch + 1) * steps_per_epoch and is_chief:
             entry = {
                 "epoch": epoch + 1,
@@ -475,6 +545,7 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
 
     if stopped == "time_limit":
         log(f"Stopped at step {step}: train.time_limit_minutes={train_cfg.time_limit_minutes} used up.")
+    recalibrate()
     # Printed by every worker: synchronous training must leave identical digests.
     print(f"worker {task_id}: step {step}, weights sha256 {weights_digest(model)}", flush=True)
 

@@ -46,6 +46,7 @@ def tiny_sort_of_clevr_overrides(data_dir, run_dir=None, model_type="rn"):
         "train.log_every_steps=5",
         "train.checkpoint_every_steps=10",
         "train.precision=float32",
+        "train.bn_recalibration_batches=0",  # the final model is the last checkpoint's; tests of it turn it on
     ]
     if run_dir:
         overrides.append(f"run_dir={run_dir}")

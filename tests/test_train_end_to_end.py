@@ -147,7 +147,14 @@ def test_benchmark_throughput_smoke(tmp_path):
 
 
 def test_probe_objects_tool(trained_run, tmp_path):
-    run_dir, _, _ = trained_run
+    # probe_objects reads question-free cells: a run of the paper's (unconditioned) CNN, on the fixture's data
+    _, data_dir, _ = trained_run
+    run_dir = str(tmp_path / "plain_cnn")
+    args = ["--config", "configs/sort_of_clevr.yaml"]
+    for o in tiny_sort_of_clevr_overrides(data_dir, run_dir) + ["model.film_layers=[]", "train.epochs=1"]:
+        args += ["--set", o]
+    trained = run_tool("train", *args)
+    assert trained.returncode == 0, trained.stderr[-3000:]
     out = tmp_path / "probe.json"
     result = run_tool("probe_objects", "--run", run_dir, "--images", "30", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]

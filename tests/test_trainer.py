@@ -185,3 +185,34 @@ def test_a_checkpoint_in_the_old_optimizer_layout_gets_its_own_message(tmp_path)
     with pytest.raises(UserError, match="layout used before its state was saved by name"):
         training.train(config, log=lambda *a: None)
     assert (sorted(os.listdir(config.run_dir)), sorted(os.listdir(directory))) == before
+
+
+def test_batch_norm_recalibration_sets_the_mean_of_the_batch_statistics():
+    import keras
+
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(4, kernel_initializer="ones")(inputs)
+    model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.9)(hidden))
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc=i, size=(8, 3)).astype("float32") for i in range(3)]
+    dataset = [({"x": b}, None) for b in batches]
+    count = training.recalibrate_batch_norm(model, lambda f, training: model(f["x"], training=training), dataset)
+    (bn,) = training.batch_norm_layers(model)
+    summed = [b.sum(axis=1, keepdims=True) * np.ones((1, 4)) for b in batches]  # the Dense layer's outputs
+    assert count == 3 and bn.momentum == 0.9  # the layer's own momentum is back
+    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([h.mean(axis=0) for h in summed], axis=0), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([h.var(axis=0) for h in summed], axis=0),
+                               rtol=1e-4)
+
+
+def test_recalibrated_statistics_are_evaluated_saved_and_reproduced_on_a_rerun(tmp_path):
+    lines = []
+    config = _config(tmp_path, "train.epochs=1", "train.bn_recalibration_batches=3")
+    training.train(config, log=lines.append)
+    assert any("re-estimated over 3 training batches" in str(line) for line in lines)
+    saved = _final_weights(config)
+    assert not _same(saved, _checkpoint_weights(config, STEPS_PER_EPOCH))  # the checkpoint keeps the moving averages
+    training.train(config, log=lambda *a: None)  # a finished run: no training, the same statistics again
+    assert _same(_final_weights(config), saved)
+    with pytest.raises(config_lib.ConfigError, match="bn_recalibration_batches"):
+        training.train(_config(tmp_path / "bad", "train.bn_recalibration_batches=-1"), log=lambda *a: None)
