@@ -424,7 +424,7 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
 
     def recalibrate():
         """Precise batch-norm statistics (train.bn_recalibration_batches) for the model about to be evaluated or
-        saved; every worker runs it on the same batches."""
+        saved; every worker runs it (collective ops with synchronized batch norm), once per step reached."""
         if not train_cfg.bn_recalibration_batches or calibrated_at[0] == step:
             return
         start = time.perf_counter()
