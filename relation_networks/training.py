@@ -420,12 +420,13 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
         return make
 
     forward = task.training_forward(config, model)
-    calibrated_at = [None]
+    calibrated_at = None  # the step whose model has re-estimated statistics
 
     def recalibrate():
         """Precise batch-norm statistics (train.bn_recalibration_batches) for the model about to be evaluated or
         saved; every worker runs it (collective ops with synchronized batch norm), once per step reached."""
-        if not train_cfg.bn_recalibration_batches or calibrated_at[0] == step:
+        nonlocal calibrated_at
+        if not train_cfg.bn_recalibration_batches or calibrated_at == step:
             return
         start = time.perf_counter()
         # Batches as in training, from a fixed draw (not an epoch's): each worker gets its share of the global batch.
@@ -433,7 +434,7 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
         count = recalibrate_batch_norm(
             model, forward, itertools.islice(batches, min(train_cfg.bn_recalibration_batches, steps_per_epoch)),
             strategy)
-        calibrated_at[0] = step
+        calibrated_at = step
         if count:
             log(f"Batch-norm statistics re-estimated over {count} training batches ({time.perf_counter() - start:.0f} s).")
 
