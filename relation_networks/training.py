@@ -15,6 +15,7 @@ Re-running the same command resumes from the newest readable checkpoint.
 """
 
 import itertools
+import math
 import os
 import platform
 import sys
@@ -54,10 +55,42 @@ class DoublingSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "doublings": self.doublings, "steps_per_doubling": self.steps_per_doubling}
 
 
+@keras.saving.register_keras_serializable(package="relation_networks")
+class HoldCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Warm-up, hold, decay: linear from 0 to `peak` over `warmup_steps`, `peak` for `hold_steps`, then a cosine
+    decay to `peak * alpha` over `decay_steps`, and `peak * alpha` after."""
+
+    def __init__(self, peak, warmup_steps, hold_steps, decay_steps, alpha=0.0):
+        self.peak = float(peak)
+        self.warmup_steps = int(warmup_steps)
+        self.hold_steps = int(hold_steps)
+        self.decay_steps = max(1, int(decay_steps))
+        self.alpha = float(alpha)
+
+    def __call__(self, step):
+        ops = keras.ops
+        step = ops.cast(step, "float32")
+        warmup = ops.minimum(step / max(self.warmup_steps, 1), 1.0) if self.warmup_steps else 1.0
+        progress = ops.clip((step - self.warmup_steps - self.hold_steps) / self.decay_steps, 0.0, 1.0)
+        cosine = 0.5 * (1.0 + ops.cos(math.pi * progress))
+        return self.peak * warmup * (self.alpha + (1.0 - self.alpha) * cosine)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "hold_steps": self.hold_steps,
+                "decay_steps": self.decay_steps, "alpha": self.alpha}
+
+
 def make_learning_rate(train, steps_per_epoch, total_steps):
-    """The learning rate (a float or a schedule of the optimizer step) described by the `train` config."""
+    """The learning rate (a float or a schedule of the optimizer step) described by the `train` config;
+    `total_steps` is the run's length, which `train.lr_schedule_steps` replaces when set."""
+    total_steps = train.lr_schedule_steps or total_steps
     if train.lr_schedule == "doubling":
         return DoublingSchedule(train.learning_rate, train.lr_doublings, train.lr_doubling_epochs * steps_per_epoch)
+    if train.lr_schedule == "cosine" and train.lr_decay_fraction < 1.0:
+        warmup = min(train.warmup_steps, max(total_steps - 1, 0))
+        decay = max(1, round((total_steps - warmup) * train.lr_decay_fraction))
+        return HoldCosineSchedule(train.learning_rate, warmup, total_steps - warmup - decay, decay,
+                                  train.lr_min_fraction)
     if train.lr_schedule == "cosine":
         warmup = min(train.warmup_steps, max(total_steps - 1, 0))
         return keras.optimizers.schedules.CosineDecay(
@@ -351,6 +384,15 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
 
     replicas = strategy.num_replicas_in_sync
     global_batch = train_cfg.batch_size * num_workers
+    if not 0.0 < train_cfg.lr_decay_fraction <= 1.0:
+        raise config_lib.ConfigError(
+            f"train.lr_decay_fraction must be in (0, 1] (the part of the schedule the cosine decay spans), got "
+            f"{train_cfg.lr_decay_fraction}."
+        )
+    if train_cfg.lr_schedule_steps is not None and train_cfg.lr_schedule_steps < 1:
+        raise config_lib.ConfigError(
+            f"train.lr_schedule_steps must be a positive number of steps (or unset), got {train_cfg.lr_schedule_steps}."
+        )
     if train_cfg.bn_recalibration_batches < 0:
         raise config_lib.ConfigError(
             f"train.bn_recalibration_batches must be 0 (off) or a number of batches, got "

@@ -165,6 +165,32 @@ def test_a_resumed_run_follows_a_changed_learning_rate_and_schedule(tmp_path):
     assert set(_logged_rates(lines).values()) == {5e-5}  # back to a constant rate: the config's, not a saved one
 
 
+def test_the_cosine_decay_can_hold_the_rate_first_and_end_at_a_chosen_step():
+    """`lr_decay_fraction` holds the peak rate after the warm-up and decays over the last part of the schedule;
+    `lr_schedule_steps` sets where the schedule ends (a time-limited run's last step), not epochs x steps."""
+    train = config_lib.TrainConfig(learning_rate=1e-3, lr_schedule="cosine", warmup_steps=10, lr_decay_fraction=0.25,
+                                   lr_schedule_steps=410, lr_min_fraction=0.1)
+    schedule = training.make_learning_rate(train, steps_per_epoch=100, total_steps=1000)
+    rate = lambda step: float(schedule(step))
+    assert rate(0) == 0.0 and rate(5) == pytest.approx(5e-4)
+    assert rate(10) == rate(200) == rate(310) == pytest.approx(1e-3)  # 400 steps after the warm-up: hold 300
+    assert rate(360) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half-way through the decay
+    assert rate(410) == rate(5000) == pytest.approx(1e-4)  # lr_min_fraction from the end of the schedule on
+    keras_cosine = training.make_learning_rate(
+        config_lib.TrainConfig(learning_rate=1e-3, lr_schedule="cosine", lr_schedule_steps=400), 100, 1000)
+    assert float(keras_cosine(200)) == pytest.approx(5e-4)  # the whole-run decay also ends at lr_schedule_steps
+
+
+@pytest.mark.parametrize("override, key", [("train.lr_decay_fraction=0", "lr_decay_fraction"),
+                                           ("train.lr_decay_fraction=1.5", "lr_decay_fraction"),
+                                           ("train.lr_schedule_steps=0", "lr_schedule_steps")])
+def test_a_bad_schedule_length_is_a_config_error_before_anything_is_written(tmp_path, override, key):
+    config = _config(tmp_path, override)
+    with pytest.raises(config_lib.ConfigError, match=key):
+        training.train(config, log=lambda *a: None)
+    assert not os.path.exists(config.run_dir)
+
+
 def test_a_checkpoint_in_the_old_optimizer_layout_gets_its_own_message(tmp_path):
     """Checkpoints that hold the whole optimizer object (before its state was saved by name) cannot be resumed: the
     error says why instead of the generic "could not be restored", and nothing in the run directory is touched."""
