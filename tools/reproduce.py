@@ -38,10 +38,6 @@ _SMALL_COUNT = ["model.g_units=[256,256,256,256]", "model.f_units=[256,64]", "mo
                 "train.learning_rate=3e-4", "train.lr_schedule=cosine", "train.warmup_steps=1000", "train.epochs=50",
                 "train.keep_best=accuracy", "data.augment=true", "train.checkpoint_every_steps=1000",
                 "train.time_limit_minutes=110"]
-# Nth-farthest on 4 vectors of 2 dims (session 10): epochs of 2,000 steps of 256, Adam 1e-3, a 70-minute budget.
-_SMALL_NTH = ["data.num_vectors=4", "data.vector_dim=2", "data.train_size=512000", "data.val_size=2000",
-              "train.epochs=500", "train.batch_size=256", "train.learning_rate=1e-3", "train.warmup_steps=200",
-              "train.time_limit_minutes=70", "train.log_every_steps=100", "train.checkpoint_every_steps=1000"]
 # task -> (split to report, [(label, config, run directory[, --set overrides of that run])]); the overrides may also
 # be a list of stages (lists of overrides), trained one after the other in the same run directory (each resumes
 # the previous), e.g. a constant learning rate first and then a cosine decay from where it stopped.
@@ -81,12 +77,6 @@ REPRODUCTIONS = {
         ("RN + context stage, g 4 x 256, augmented", "configs/physics_count.yaml", "runs/physics_count_context_augment",
          [_SMALL_COUNT + ["model.context_units=32"],
           [o.replace("train.epochs=50", "train.epochs=70") for o in _SMALL_COUNT] + ["model.context_units=32"]])]),
-    # 4 vectors of 2 dims, the RMC and an LSTM of comparable size side by side on one core for 70 minutes each.
-    "nth_farthest_small": ("test", [
-        ("RMC (2 blocks, 4 x 16 heads)", "configs/nth_farthest.yaml", "runs/nth_farthest4d2_rmc_long",
-         _SMALL_NTH + ["model.num_blocks=2", "model.head_size=16"]),
-        ("LSTM (128 units)", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest4d2_lstm_long",
-         _SMALL_NTH + ["model.lstm_units=128"])]),
     "nth_farthest": ("test", [("RMC", "configs/nth_farthest.yaml", "runs/nth_farthest"),
                               ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm"),
                               ("RN (all vectors at once)", "configs/nth_farthest.yaml", "runs/nth_farthest_rn",
