@@ -45,8 +45,8 @@ class TrainConfig:
     # cosine: the decay spans only the last this fraction of the schedule's steps after the warm-up; the rate holds
     # at learning_rate before it (warm-up, hold, decay). 1.0: decay from the end of the warm-up.
     lr_decay_fraction: float = 1.0
-    # The length of the schedules in steps (default: epochs x steps per epoch). For a run stopped by
-    # time_limit_minutes or max_steps, the steps it will reach, so that the cosine decay ends where the run does.
+    # The length of the cosine schedule in steps (default: epochs x steps per epoch). For a run stopped by
+    # time_limit_minutes or max_steps: the steps it will reach, so that the decay ends where the run does.
     lr_schedule_steps: typing.Optional[int] = None
     lr_doublings: int = 0
     lr_doubling_epochs: float = 20.0

@@ -70,7 +70,7 @@ class HoldCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def __call__(self, step):
         ops = keras.ops
         step = ops.cast(step, "float32")
-        warmup = ops.minimum(step / max(self.warmup_steps, 1), 1.0) if self.warmup_steps else 1.0
+        warmup = ops.minimum(step / self.warmup_steps, 1.0) if self.warmup_steps else 1.0
         progress = ops.clip((step - self.warmup_steps - self.hold_steps) / self.decay_steps, 0.0, 1.0)
         cosine = 0.5 * (1.0 + ops.cos(math.pi * progress))
         return self.peak * warmup * (self.alpha + (1.0 - self.alpha) * cosine)
