@@ -31,7 +31,7 @@ def _step_losses(stdout):
 def test_two_workers_hold_identical_weights_and_match_one_worker(tmp_path):
     data, common = str(tmp_path / "data"), [
         f"train.max_steps={STEPS}", "train.log_every_steps=1", "train.shuffle=false", "train.eval_splits=[]",
-        "train.lr_schedule=constant", "train.learning_rate=2e-4",  # sets the bound below
+        "train.lr_schedule=constant", "train.learning_rate=2e-4", "train.lr_multipliers={}",  # set the bound below
         "train.warmup_steps=0", "model.synchronized_bn=true",
         "train.bn_recalibration_batches=2",  # run by every worker on its share of the same batches
     ]

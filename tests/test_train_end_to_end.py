@@ -151,7 +151,7 @@ def test_probe_objects_tool(trained_run, tmp_path):
     _, data_dir, _ = trained_run
     run_dir = str(tmp_path / "plain_cnn")
     args = ["--config", "configs/sort_of_clevr.yaml"]
-    for o in tiny_sort_of_clevr_overrides(data_dir, run_dir) + ["model.film_layers=[]", "train.epochs=1"]:
+    for o in tiny_sort_of_clevr_overrides(data_dir, run_dir) + ["model.film_layers=[]", "train.lr_multipliers={}", "train.epochs=1"]:
         args += ["--set", o]
     trained = run_tool("train", *args)
     assert trained.returncode == 0, trained.stderr[-3000:]

@@ -131,7 +131,9 @@ def main(argv):
         model = keras.Model({"objects": objects, "question": question}, logits)
     from relation_networks.optimizers import LayerwiseAdam
 
-    model.compile(LayerwiseAdam(config.train.learning_rate, lr_multipliers=config.train.lr_multipliers),
+    # the config's multipliers for CNN layers apply only where there is a CNN (the pixels layout)
+    multipliers = {k: v for k, v in config.train.lr_multipliers.items() if pixels or k.split("/")[0] != "cnn"}
+    model.compile(LayerwiseAdam(config.train.learning_rate, lr_multipliers=multipliers),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
     def feed(x):
