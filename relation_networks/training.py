@@ -86,13 +86,12 @@ def make_learning_rate(train, steps_per_epoch, total_steps):
     total_steps = train.lr_schedule_steps or total_steps
     if train.lr_schedule == "doubling":
         return DoublingSchedule(train.learning_rate, train.lr_doublings, train.lr_doubling_epochs * steps_per_epoch)
-    if train.lr_schedule == "cosine" and train.lr_decay_fraction < 1.0:
-        warmup = min(train.warmup_steps, max(total_steps - 1, 0))
-        decay = max(1, round((total_steps - warmup) * train.lr_decay_fraction))
-        return HoldCosineSchedule(train.learning_rate, warmup, total_steps - warmup - decay, decay,
-                                  train.lr_min_fraction)
     if train.lr_schedule == "cosine":
         warmup = min(train.warmup_steps, max(total_steps - 1, 0))
+        if train.lr_decay_fraction < 1.0:
+            decay = max(1, round((total_steps - warmup) * train.lr_decay_fraction))
+            return HoldCosineSchedule(train.learning_rate, warmup, total_steps - warmup - decay, decay,
+                                      train.lr_min_fraction)
         return keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=train.learning_rate if not warmup else 0.0,
             decay_steps=max(total_steps - warmup, 1),
