@@ -55,7 +55,7 @@ def test_factorized_equals_naive_without_question():
     np.testing.assert_allclose(factorized, layer(objects).numpy(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("aggregation", ["sum", "mean"])
+@pytest.mark.parametrize("aggregation", ["sum", "mean", "max", "mean+max"])
 def test_permutation_invariance(aggregation):
     objects, question = _inputs(n=7)
     mask = np.ones((3, 7), "float32")
@@ -67,7 +67,7 @@ def test_permutation_invariance(aggregation):
     np.testing.assert_allclose(permuted, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("aggregation", ["sum", "mean"])
+@pytest.mark.parametrize("aggregation", ["sum", "mean", "max", "sum+max"])
 def test_padded_objects_contribute_nothing(aggregation):
     objects, question = _inputs(n=4)
     layer = _layer(aggregation=aggregation)
@@ -103,6 +103,53 @@ def test_relations_sum_to_the_aggregate():
     for dense in layer.f_phi:
         h = dense(h)
     np.testing.assert_allclose(output.numpy(), h.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("aggregation", ["max", "sum+max", "mean+max"])
+def test_max_aggregation_reads_the_largest_relation_of_the_included_pairs(aggregation):
+    objects, question = _inputs()
+    mask = np.array([[1, 1, 1, 0, 0], [1] * 5, [1, 0, 1, 1, 1]], "float32")
+    layer = _layer(g_units=[16, 8], activation="tanh", aggregation=aggregation, return_relations=True)
+    output, relations = layer(objects, question=question, object_mask=mask)
+    valid = (mask[:, :, None] * mask[:, None, :]) > 0
+    r = relations.numpy()
+    largest = np.stack([r[b][valid[b]].max(axis=0) for b in range(3)])  # independently, per example
+    assert (largest < 0).any()  # tanh relations: a masked pair's zero would win if it were not left out
+    parts = {"max": [largest], "sum+max": [r.sum(axis=(1, 2)), largest],
+             "mean+max": [r.sum(axis=(1, 2)) / valid.sum(axis=(1, 2))[:, None], largest]}[aggregation]
+    h = np.concatenate(parts, axis=-1)
+    for dense in layer.f_phi:
+        h = dense(h).numpy()
+    np.testing.assert_allclose(output.numpy(), h, rtol=1e-5, atol=1e-5)
+    # No included pair at all: the maximum is zero, not -inf.
+    empty = layer(objects, question=question, pair_mask=np.zeros((3, 5, 5), "float32"))[0].numpy()
+    assert np.isfinite(empty).all()
+    restored = RelationModule.from_config(layer.get_config())
+    restored(objects, question=question)
+    restored.set_weights(layer.get_weights())
+    np.testing.assert_allclose(restored(objects, question=question, object_mask=mask)[0].numpy(), output.numpy(),
+                               rtol=1e-6)
+
+
+def test_max_aggregation_passes_gradients_to_the_largest_pair_only():
+    objects, question = _inputs(batch=1, n=3)
+    layer = _layer(g_units=[4], f_units=[1], aggregation="max", return_relations=True)
+    layer(objects, question=question)
+    layer.set_weights([np.zeros((14, 4), "float32"), np.zeros(4, "float32"), np.ones((4, 1), "float32"),
+                       np.zeros(1, "float32")])
+    kernel = np.zeros((14, 4), "float32")
+    kernel[0, 0] = 1.0  # relation unit 0 = relu(first feature of o_i): largest for the object with the largest one
+    layer.g_kernel.assign(kernel)
+    x = tf.constant(objects)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        output, _ = layer(x, question=question)
+    grad = tape.gradient(output, x).numpy()[0, :, 0]
+    winner = int(np.argmax(objects[0, :, 0]))
+    assert objects[0, winner, 0] > 0
+    # The maximum over the 3 pairs (winner, j) ties; TensorFlow spreads the gradient over the tied pairs, which
+    # all sit on the winner's row: the other objects' first features receive nothing.
+    assert grad[winner] != 0 and np.count_nonzero(grad) == 1
 
 
 def test_no_aggregation_applies_f_phi_to_every_pair():
@@ -265,7 +312,8 @@ def test_precise_first_layer_round_trips():
         (dict(g_units=[8], f_units=3), "f_units"),
         (dict(g_units=[8, -1], f_units=[3]), "g_units"),
         (dict(g_units=[8], f_units=[3], dropout=1.0), "dropout"),
-        (dict(g_units=[8], f_units=[3], aggregation="max"), "aggregation"),
+        (dict(g_units=[8], f_units=[3], aggregation="min"), "aggregation"),
+        (dict(g_units=[8], f_units=[3], aggregation="mean+max", pair_chunk_size=4), "pair_chunk_size"),
         (dict(g_units=[8], f_units=[3], pair_chunk_size=0), "pair_chunk_size"),
         (dict(g_units=[8], f_units=[3], aggregate_norm="group"), "aggregate_norm"),
         (dict(g_units=[8], f_units=[3], aggregation="none", pair_chunk_size=4), "pair_chunk_size"),

@@ -9,7 +9,9 @@ its outputs ("relations") are summed over all pairs and passed through a second 
 import keras
 from keras import ops
 
-_AGGREGATIONS = ("sum", "mean", "none")
+# The aggregations that pool the pairs into one vector (every one but "none"); task configs offer these.
+POOLED_AGGREGATIONS = ("sum", "mean", "max", "sum+max", "mean+max")
+_AGGREGATIONS = POOLED_AGGREGATIONS + ("none",)
 _AGGREGATE_NORMS = (None, "batch", "layer")
 
 
@@ -46,7 +48,11 @@ class RelationModule(keras.layers.Layer):
             penultimate layer of the RN, where the paper puts it. Only active when `training=True`.
         activation: activation of the hidden layers of `g_theta` and `f_phi`.
         aggregation: `"sum"` (the paper) or `"mean"` over the valid pairs. `"mean"` keeps the scale of the
-            aggregate independent of the number of objects. `"none"`: no aggregation, `f_phi` reads every pair's
+            aggregate independent of the number of objects. `"max"`: the element-wise maximum over the valid pairs
+            (zero when there is none) -- an extreme ("the farthest object") is then one relation rather than a
+            small part of a sum; `"sum+max"` / `"mean+max"`: both, side by side (`f_phi` reads `2 * g_units[-1]`),
+            for questions that count as well as compare. A maximum is not combined with `pair_chunk_size`.
+            `"none"`: no aggregation, `f_phi` reads every pair's
             relation on its own and the layer returns one output per pair, `[batch, N, N, f_units[-1]]` (zero for
             masked pairs) -- an edge-level read-out for answers that are themselves per pair (which balls are
             connected). Not combined with `pair_chunk_size` or `aggregate_norm`.
@@ -130,6 +136,11 @@ class RelationModule(keras.layers.Layer):
                 'aggregation="none" returns every pair\'s output, so it cannot be combined with pair_chunk_size '
                 f"(got {pair_chunk_size!r}) or aggregate_norm (got {aggregate_norm!r})."
             )
+        if "max" in aggregation and pair_chunk_size is not None:
+            raise ValueError(
+                f"aggregation={aggregation!r} takes a maximum over all pairs at once, so it cannot be combined with "
+                f"pair_chunk_size (got {pair_chunk_size!r}); chunking is for the sum and the mean."
+            )
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
 
@@ -187,6 +198,8 @@ class RelationModule(keras.layers.Layer):
         for layer in self.g_theta:
             layer.build((None, width))
             width = layer.units
+        if "+" in self.aggregation:  # f_phi reads both aggregates side by side
+            width *= 2
         if self.norm is not None:
             self.norm.build((None, width))
         for layer in self.f_phi:
@@ -323,6 +336,16 @@ class RelationModule(keras.layers.Layer):
             weights = p if weights is None else weights * p
         return weights
 
+    def _max_over_pairs(self, relations, weights):
+        """`max_{i,j} g(o_i, o_j, q)` over the included pairs `[B, Hg]` (zero where no pair is included)."""
+        relations = ops.cast(relations, self._aggregate_dtype)
+        if weights is None:
+            return ops.max(relations, axis=(1, 2))
+        included = ops.expand_dims(ops.cast(weights, "bool"), -1)
+        largest = ops.max(ops.where(included, relations, float("-inf")), axis=(1, 2))
+        any_pair = ops.any(included, axis=(1, 2))
+        return ops.where(any_pair, largest, ops.zeros_like(largest))
+
     def call(self, objects, question=None, object_mask=None, pair_mask=None, training=None, return_relations=None):
         return_relations = self.return_relations if return_relations is None else return_relations
         objects = ops.cast(objects, self._first_dtype)
@@ -331,6 +354,7 @@ class RelationModule(keras.layers.Layer):
         left, right = self._first_layer_terms(objects, question)
         weights = self._pair_weights(object_mask, pair_mask)
         n_static = objects.shape[1]
+        relations = None
 
         if self.pair_chunk_size is None or return_relations or (n_static is not None and n_static <= self.pair_chunk_size):
             relations = self._pair_block(left, right, objects, objects, question)
@@ -342,7 +366,7 @@ class RelationModule(keras.layers.Layer):
                     output = output * ops.expand_dims(ops.cast(weights, output.dtype), -1)
                 return (output, relations) if return_relations else output
             aggregate = ops.sum(ops.cast(relations, self._aggregate_dtype), axis=(1, 2))
-        else:
+        else:  # (never a max: checked in __init__)
             if n_static is None:
                 raise ValueError("RelationModule: pair_chunk_size needs a static number of objects (shape[1]).")
             batch = ops.shape(objects)[0]
@@ -350,12 +374,16 @@ class RelationModule(keras.layers.Layer):
             block_question = question if question is not None else ops.zeros((batch, 0), self._first_dtype)
             aggregate = self._chunked_sum(left, right, objects, block_question, block_weights)
 
-        if self.aggregation == "mean":
+        if self.aggregation.startswith("mean"):
             if weights is None:
                 count = ops.cast(ops.shape(objects)[1] ** 2, self._aggregate_dtype)
             else:
                 count = ops.maximum(ops.sum(ops.cast(weights, self._aggregate_dtype), axis=(1, 2)), 1.0)[:, None]
             aggregate = aggregate / count
+        if self.aggregation == "max":
+            aggregate = self._max_over_pairs(relations, weights)
+        elif self.aggregation.endswith("+max"):
+            aggregate = ops.concatenate([aggregate, self._max_over_pairs(relations, weights)], axis=-1)
 
         h = aggregate if self.norm is None else self.norm(aggregate, training=training)
         output = self._f_phi(h, training)

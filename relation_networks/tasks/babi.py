@@ -22,7 +22,7 @@ from relation_networks.data import babi
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
 from relation_networks.io import atomic_write_json
-from relation_networks.layers import RelationModule, SentenceObjects
+from relation_networks.layers import POOLED_AGGREGATIONS, RelationModule, SentenceObjects
 from relation_networks.models import RelationalMemorySettings, logits_model, mlp, relational_memory
 from relation_networks.tasks.base import Task
 
@@ -55,7 +55,7 @@ class BabiModel(RelationalMemorySettings):
     g_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256] * 4)
     f_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256, 512])  # + linear answer logits
     dropout: float = 0.0
-    aggregation: str = "sum"
+    aggregation: str = choice("sum", POOLED_AGGREGATIONS)
 
 
 def build_model(model_config, data_config, vocab):

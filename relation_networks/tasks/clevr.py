@@ -20,7 +20,7 @@ from relation_networks.data import clevr
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
 from relation_networks.io import atomic_write_json
-from relation_networks.layers import ConvObjectExtractor, RelationModule
+from relation_networks.layers import POOLED_AGGREGATIONS, ConvObjectExtractor, RelationModule
 from relation_networks.models import logits_model
 from relation_networks.tasks.base import Task
 
@@ -53,7 +53,7 @@ class ClevrModel:
     g_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256] * 4)
     f_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256, 256])  # + linear answer logits
     dropout: float = 0.5  # on the penultimate layer of the RN (paper)
-    aggregation: str = choice("sum", ("sum", "mean"))
+    aggregation: str = choice("sum", POOLED_AGGREGATIONS)
     bn_momentum: float = 0.9
     synchronized_bn: bool = False
 

@@ -13,7 +13,7 @@ from relation_networks.config import ConfigError, choice
 from relation_networks.data import physics
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
-from relation_networks.layers import RelationModule
+from relation_networks.layers import POOLED_AGGREGATIONS, RelationModule
 from relation_networks.models import logits_model, mlp
 from relation_networks.tasks.base import Task
 
@@ -46,7 +46,7 @@ class PhysicsModel:
     g_units: typing.List[int] = dataclasses.field(default_factory=lambda: [1000, 1000, 1000, 500])
     f_units: typing.List[int] = dataclasses.field(default_factory=lambda: [500, 100])  # + linear outputs
     mlp_units: typing.List[int] = dataclasses.field(default_factory=lambda: [1000, 1000, 1000, 500, 100])
-    aggregation: str = choice("sum", ("sum", "mean"))
+    aggregation: str = choice("sum", POOLED_AGGREGATIONS)
     # How the model reads each ball's colour value: "one_hot" expands it to a one-hot ball identity (the
     # connection logits are indexed by ball, so the model must tell the balls apart; a single scalar makes every
     # identity a narrow interval that the first layer has to carve out); "scalar" feeds the value as it is.

@@ -13,7 +13,7 @@ from relation_networks.config import ConfigError, choice
 from relation_networks.data import sort_of_clevr as soc
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy, mean_of_groups
-from relation_networks.layers import ConvObjectExtractor, RelationModule
+from relation_networks.layers import POOLED_AGGREGATIONS, ConvObjectExtractor, RelationModule
 from relation_networks.tasks.base import Task
 
 SPLITS = ("train", "val", "test")
@@ -44,7 +44,7 @@ class SortOfClevrModel:
     # g_units + f_units as its hidden layers (the same layers and units as the RN, as in the paper).
     f_units: typing.List[int] = dataclasses.field(default_factory=lambda: [2000, 1000, 500, 100])
     dropout: float = 0.0
-    aggregation: str = choice("sum", ("sum", "mean"))
+    aggregation: str = choice("sum", POOLED_AGGREGATIONS)
     aggregate_norm: typing.Optional[str] = choice(None, (None, "batch", "layer"))  # see RelationModule
     factorized: bool = True
     pair_chunk_size: typing.Optional[int] = None
