@@ -152,6 +152,20 @@ def test_max_aggregation_passes_gradients_to_the_largest_pair_only():
     assert grad[winner] != 0 and np.count_nonzero(grad) == 1
 
 
+@pytest.mark.parametrize("aggregation, norm", [("sum", None), ("mean", "layer"), ("max", None), ("mean+max", "batch"),
+                                               ("none", None)])
+def test_read_out_of_the_relations_is_the_layer_output(aggregation, norm):
+    objects, question = _inputs()
+    mask = np.array([[1, 1, 1, 0, 0], [1] * 5, [1, 0, 1, 1, 1]], "float32")
+    layer = _layer(aggregation=aggregation, aggregate_norm=norm)
+    output, relations = layer(objects, question=question, object_mask=mask, return_relations=True)
+    again = layer.read_out(relations, object_mask=mask)
+    np.testing.assert_allclose(again.numpy(), output.numpy(), rtol=1e-6, atol=1e-6)
+    # Relations of masked pairs are left out by the mask, whatever they hold.
+    noisy = relations.numpy() + 100.0 * (1 - mask[:, :, None, None] * mask[:, None, :, None])
+    np.testing.assert_allclose(layer.read_out(noisy, object_mask=mask).numpy(), output.numpy(), rtol=1e-6, atol=1e-6)
+
+
 def test_no_aggregation_applies_f_phi_to_every_pair():
     objects, question = _inputs()
     mask = np.array([[1, 1, 1, 0, 0], [1] * 5, [1, 0, 1, 1, 1]], "float32")

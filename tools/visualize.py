@@ -11,8 +11,9 @@ Sort-of-CLEVR models:
 For each of `--num` test images, one PNG: the image (upscaled), each shown question in words with the true and
 predicted answer, and beside it a heat map over the CNN's object cells. A cell's weight is the share of the
 predicted answer's logit carried by the pair relations it takes part in: each pair's `g_theta` output is projected
-on the gradient of that logit with respect to the aggregated relations (a first-order attribution through
-`f_phi`), and a cell collects the absolute contributions of its pairs.
+on the gradient of that logit with respect to that relation (a first-order attribution through the layer's own
+aggregation and `f_phi`; with a maximum over the pairs, only the pairs that hold a maximum carry any), and a cell
+collects the absolute contributions of its pairs.
 """
 
 import os
@@ -46,20 +47,12 @@ def cell_weights(model, images, questions):
     pixels = model.get_layer("rescale")(images)
     objects = cnn(pixels, condition=tf.constant(questions), training=False)  # (the condition is unused without FiLM)
     _, relations = rn(objects, question=tf.constant(questions), training=False, return_relations=True)
-    relations = tf.cast(relations, tf.float32)
-    aggregate = tf.reduce_sum(relations, axis=(1, 2))
-    if rn.aggregation == "mean":
-        aggregate = aggregate / float(relations.shape[1] * relations.shape[2])
     with tf.GradientTape() as tape:
-        tape.watch(aggregate)
-        h = tf.cast(aggregate, rn.compute_dtype)
-        for layer in rn.f_phi:
-            h = layer(h)
-        logits = tf.cast(h, tf.float32)
+        tape.watch(relations)
+        logits = tf.cast(rn.read_out(relations, training=False), tf.float32)  # the layer's own aggregation and f_phi
         chosen = tf.reduce_sum(logits * tf.one_hot(tf.argmax(logits, -1), logits.shape[-1]), axis=-1)
-    gradient = tape.gradient(chosen, aggregate)  # [B, H]
-    scale = 1.0 / (relations.shape[1] * relations.shape[2]) if rn.aggregation == "mean" else 1.0
-    pair = np.abs(tf.einsum("bijh,bh->bij", relations, gradient).numpy() * scale)  # [B, N, N]
+    gradient = tf.cast(tape.gradient(chosen, relations), tf.float32)  # [B, N, N, H]
+    pair = np.abs(tf.reduce_sum(tf.cast(relations, tf.float32) * gradient, axis=-1).numpy())  # [B, N, N]
     cells = pair.sum(axis=2) + pair.sum(axis=1)
     cells = cells / np.maximum(cells.sum(axis=1, keepdims=True), 1e-12)
     return logits.numpy(), cells

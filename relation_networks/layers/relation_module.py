@@ -354,42 +354,58 @@ class RelationModule(keras.layers.Layer):
         left, right = self._first_layer_terms(objects, question)
         weights = self._pair_weights(object_mask, pair_mask)
         n_static = objects.shape[1]
-        relations = None
 
         if self.pair_chunk_size is None or return_relations or (n_static is not None and n_static <= self.pair_chunk_size):
             relations = self._pair_block(left, right, objects, objects, question)
             if weights is not None:
                 relations = relations * ops.expand_dims(weights, -1)
-            if self.aggregation == "none":  # (never chunked: checked in __init__)
-                output = self._f_phi(ops.cast(relations, self._aggregate_dtype), training)
-                if weights is not None:  # f_phi's biases would give masked pairs an output
-                    output = output * ops.expand_dims(ops.cast(weights, output.dtype), -1)
-                return (output, relations) if return_relations else output
-            aggregate = ops.sum(ops.cast(relations, self._aggregate_dtype), axis=(1, 2))
-        else:  # (never a max: checked in __init__)
-            if n_static is None:
-                raise ValueError("RelationModule: pair_chunk_size needs a static number of objects (shape[1]).")
-            batch = ops.shape(objects)[0]
-            block_weights = weights if weights is not None else ops.ones((batch, n_static, n_static), self.compute_dtype)
-            block_question = question if question is not None else ops.zeros((batch, 0), self._first_dtype)
-            aggregate = self._chunked_sum(left, right, objects, block_question, block_weights)
+            output = self._read_out(relations, weights, training)
+            return (output, relations) if return_relations else output
+        # Chunked: a sum (or mean) built block by block; never a maximum or "none" (checked in __init__).
+        if n_static is None:
+            raise ValueError("RelationModule: pair_chunk_size needs a static number of objects (shape[1]).")
+        batch = ops.shape(objects)[0]
+        block_weights = weights if weights is not None else ops.ones((batch, n_static, n_static), self.compute_dtype)
+        block_question = question if question is not None else ops.zeros((batch, 0), self._first_dtype)
+        total = self._chunked_sum(left, right, objects, block_question, block_weights)
+        return self._f_phi_on_aggregate(self._scale_sum(total, weights, n_static * n_static), training)
 
-        if self.aggregation.startswith("mean"):
-            if weights is None:
-                count = ops.cast(ops.shape(objects)[1] ** 2, self._aggregate_dtype)
-            else:
-                count = ops.maximum(ops.sum(ops.cast(weights, self._aggregate_dtype), axis=(1, 2)), 1.0)[:, None]
-            aggregate = aggregate / count
+    def read_out(self, relations, object_mask=None, pair_mask=None, training=None):
+        """The layer's output from its pair relations `[batch, N, N, g_units[-1]]` (those `return_relations`
+        gives): the aggregation over the included pairs, `aggregate_norm` and `f_phi`, exactly as in `call`. For
+        attributions: the gradient of an output with respect to `relations` says how much each pair carried."""
+        relations = ops.convert_to_tensor(relations)
+        weights = self._pair_weights(object_mask, pair_mask)
+        if weights is not None:
+            relations = relations * ops.expand_dims(ops.cast(weights, relations.dtype), -1)
+        return self._read_out(relations, weights, training)
+
+    def _read_out(self, relations, weights, training):
+        """`read_out` of relations already zero for the pairs `weights` leaves out."""
+        if self.aggregation == "none":
+            output = self._f_phi(ops.cast(relations, self._aggregate_dtype), training)
+            if weights is not None:  # f_phi's biases would give masked pairs an output
+                output = output * ops.expand_dims(ops.cast(weights, output.dtype), -1)
+            return output
         if self.aggregation == "max":
-            aggregate = self._max_over_pairs(relations, weights)
-        elif self.aggregation.endswith("+max"):
+            return self._f_phi_on_aggregate(self._max_over_pairs(relations, weights), training)
+        total = ops.sum(ops.cast(relations, self._aggregate_dtype), axis=(1, 2))
+        aggregate = self._scale_sum(total, weights, ops.shape(relations)[1] * ops.shape(relations)[2])
+        if self.aggregation.endswith("+max"):
             aggregate = ops.concatenate([aggregate, self._max_over_pairs(relations, weights)], axis=-1)
+        return self._f_phi_on_aggregate(aggregate, training)
 
+    def _scale_sum(self, total, weights, pairs):
+        """The sum over pairs as the aggregation wants it: itself, or divided by the number of included pairs."""
+        if not self.aggregation.startswith("mean"):
+            return total
+        if weights is None:
+            return total / ops.cast(pairs, self._aggregate_dtype)
+        return total / ops.maximum(ops.sum(ops.cast(weights, self._aggregate_dtype), axis=(1, 2)), 1.0)[:, None]
+
+    def _f_phi_on_aggregate(self, aggregate, training):
         h = aggregate if self.norm is None else self.norm(aggregate, training=training)
-        output = self._f_phi(h, training)
-        if return_relations:
-            return output, relations
-        return output
+        return self._f_phi(h, training)
 
     def compute_output_shape(self, objects_shape, question_shape=None, object_mask_shape=None, pair_mask_shape=None):
         n = objects_shape[1]
