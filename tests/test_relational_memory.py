@@ -95,7 +95,8 @@ def test_nth_farthest_answers_by_independent_computation():
     np.testing.assert_array_equal(nf.generate(10, seed=5)["inputs"], nf.generate(10, seed=5)["inputs"])
 
 
-@pytest.mark.parametrize("config, extra", [("nth_farthest", ["model.input_mlp_units=[16]"]), ("nth_farthest_lstm", []),
+@pytest.mark.parametrize("config, extra", [("nth_farthest", ["model.input_mlp_units=[16]", "model.input_norm=true"]),
+                                           ("nth_farthest_lstm", []),
                                            ("nth_farthest", ["model.type=rn", "model.g_units=[16,16]"])])
 def test_few_training_steps_and_export(config, extra, tmp_path):
     run_dir = str(tmp_path / "run")
@@ -110,7 +111,7 @@ def test_few_training_steps_and_export(config, extra, tmp_path):
     assert "model.tflite" in out.stdout and "FAILED" not in out.stdout
 
 
-def test_input_mlp_feeds_the_recurrent_core_and_is_refused_for_the_rn():
+def test_input_mlp_feeds_the_recurrent_core_and_is_refused_for_the_rn():  # and so does input_norm
     from relation_networks import config as config_lib
     from relation_networks.config import ConfigError
     from relation_networks.tasks.nth_farthest import build_model
@@ -123,6 +124,19 @@ def test_input_mlp_feeds_the_recurrent_core_and_is_refused_for_the_rn():
     config = config_lib.load("configs/nth_farthest.yaml", ["model.type=rn", "model.input_mlp_units=[12]"])
     with pytest.raises(ConfigError, match="input_mlp_units"):
         build_model(config.model, config.data)
+    config = config_lib.load("configs/nth_farthest.yaml", ["model.type=rn", "model.input_norm=true"])
+    with pytest.raises(ConfigError, match="input_norm"):
+        build_model(config.model, config.data)
+    # Normalised: every step's input to the core has zero mean and unit variance over its units.
+    config = config_lib.load("configs/nth_farthest.yaml", ["model.input_mlp_units=[12]", "model.input_norm=true",
+                                                           "model.mem_slots=2", "model.head_size=4", "model.num_heads=2"])
+    model = build_model(config.model, config.data)
+    shape = (3, config.data.num_vectors, nf.input_dim(config.data.num_vectors, config.data.vector_dim))
+    x = np.random.default_rng(0).normal(size=shape).astype("float32") * 5.0
+    steps = keras.Model(model.inputs, model.get_layer("input_norm").output)({"sequence": x}).numpy()
+    np.testing.assert_allclose(steps.mean(-1), 0.0, atol=1e-4)
+    np.testing.assert_allclose(steps.std(-1), 1.0, atol=2e-2)
+    assert model.get_layer("rmc").input.shape[-1] == 12
 
 
 def test_nth_farthest_rn_ignores_the_order_of_the_vectors():
