@@ -45,7 +45,7 @@ REPRODUCTIONS = {
     # Session 15: the CNN+RN of the default config (the FiLM layer at 10x the rate), 60 minutes. Session 14: the
     # CNN+MLP trained without re-estimated batch-norm statistics (its per-epoch validation used the moving
     # averages), then was scored with them, without further training, at the step where its 60 minutes ran out.
-    "sort_of_clevr": ("test", [("CNN+RN", "configs/sort_of_clevr.yaml", "runs/soc_rn_film_x10"),
+    "sort_of_clevr": ("test", [("CNN+RN", "configs/sort_of_clevr.yaml", "runs/soc_rn_meanmax"),
                                ("CNN+MLP", "configs/sort_of_clevr_mlp.yaml", "runs/soc_mlp_film0",
                                 [["train.bn_recalibration_batches=0"], ["train.max_steps=16800"]])]),
     "babi": ("val", [("RN (joint, 20 tasks)", "configs/babi.yaml", "runs/babi")]),
