@@ -194,6 +194,17 @@ def test_probe_tool_runs_and_rejects_other_tasks(tmp_path):
     assert 0.5 <= report["guess"] <= 1.0
     with pytest.raises(ValueError, match="Unknown sub-task"):
         nf.sub_task("nearest", 4, 0)
+    share = run_tool("probe_nth_farthest", *sets, "--input_dependence", "--val_samples", "50")
+    assert share.returncode == 0, share.stderr
+    assert "input-dependent share" in share.stdout and "step" not in share.stdout  # reports, trains nothing
+    from relation_networks.evaluation import input_dependent_share
+
+    shared = np.ones((20, 3, 4)) * np.arange(12).reshape(1, 3, 4)  # the same for every sample
+    noise = np.random.default_rng(0).normal(size=(20, 3, 4))
+    noise -= noise.mean(axis=0)  # every entry's mean over samples is 0: all the variance is across samples
+    assert input_dependent_share(shared) == 0.0
+    assert input_dependent_share(noise) == pytest.approx(1.0)
+    assert 0.0 < input_dependent_share(shared + noise) < 0.5
     bad = run_tool("probe_nth_farthest", "--config", "configs/babi.yaml")
     assert bad.returncode == 2 and "not an nth_farthest config" in bad.stderr
 

@@ -19,6 +19,10 @@ the answer replaced by a sub-task that needs one piece of the full skill:
 
 Fresh samples for every `--eval_every_steps` steps (seeded); prints validation accuracy against the accuracy of
 guessing (the most frequent answer), and writes the rows to `--json`.
+
+`--input_dependence` trains nothing: it reports how much the untrained recurrent core's final output (the RMC's
+flattened memory, the LSTM's last hidden state) depends on the input -- the share of its variance that is
+across samples, per unit, rather than shared by all samples (the initial memory carried forward, biases).
 """
 
 import time
@@ -35,6 +39,9 @@ flags.DEFINE_integer("eval_every_steps", 500, "Score the validation samples ever
 flags.DEFINE_integer("val_samples", 5000, "Validation samples (a fixed, separately seeded set).")
 flags.DEFINE_integer("seed", 0, "Initialisation and sampling seed.")
 flags.DEFINE_string("json", None, "Also write the rows here.")
+flags.DEFINE_bool("input_dependence", False, "Only report the input-dependent share of the untrained core's output "
+                  "variance on the validation inputs (see the module docstring), then exit.")
+
 
 
 @_common.main_wrapper
@@ -47,6 +54,7 @@ def main(argv):
     from relation_networks import precision
     from relation_networks.data import nth_farthest as nf
     from relation_networks.errors import UserError
+    from relation_networks.evaluation import input_dependent_share
     from relation_networks.io import atomic_write_json
     from relation_networks.tasks.nth_farthest import build_model
 
@@ -63,6 +71,17 @@ def main(argv):
     model.compile(keras.optimizers.Adam(config.train.learning_rate),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     val_x, val_y = nf.sub_task(FLAGS.target, FLAGS.val_samples, d.val_seed, d.num_vectors, d.vector_dim)
+    if FLAGS.input_dependence:
+        if config.model.type == "rn":
+            raise UserError("--input_dependence is for the recurrent models (rmc, lstm).")
+        core = keras.Model(model.inputs, model.get_layer(config.model.type).output)
+        share = input_dependent_share(core.predict({"sequence": val_x}, batch_size=1024, verbose=0))
+        print(f"{config.model.type}: input-dependent share of the untrained core's output variance: {100 * share:.1f}% "
+              f"({FLAGS.val_samples} validation inputs, seed {FLAGS.seed})")
+        if FLAGS.json:
+            atomic_write_json(FLAGS.json, {"model": config.model.type, "input_dependent_share": share,
+                                           "seed": FLAGS.seed, "overrides": FLAGS.set})
+        return
     guess = np.bincount(val_y).max() / len(val_y)
     print(f"{config.model.type} on {FLAGS.target} ({d.num_vectors} vectors of {d.vector_dim} dims, Adam "
           f"{config.train.learning_rate:g}, batch {config.train.batch_size}); guessing scores {100 * guess:.1f}%")

@@ -41,8 +41,8 @@ class NthFarthestModel(RelationalMemorySettings):
     # the core receives non-linear features of each vector (its length, say) and not only a linear projection.
     input_mlp_units: typing.List[int] = dataclasses.field(default_factory=list)
     # rmc / lstm: layer-normalise every step's input (after the input MLP) before the core. At initialisation the
-    # RMC's memory rows hardly depend on an input of the input MLP's scale (about 3% of their variance across
-    # samples, the rest is the initial identity rows carried forward); normalised, about half.
+    # RMC's memory hardly depends on an input of the input MLP's scale (tools/probe_nth_farthest.py
+    # --input_dependence; docs/RESULTS.md).
     input_norm: bool = False
 
 
