@@ -43,7 +43,6 @@ flags.DEFINE_bool("input_dependence", False, "Only report the input-dependent sh
                   "variance on the validation inputs (see the module docstring), then exit.")
 
 
-
 @_common.main_wrapper
 def main(argv):
     del argv
@@ -63,6 +62,8 @@ def main(argv):
         raise UserError(f"{FLAGS.config} is not an nth_farthest config.")
     if FLAGS.steps < 1 or FLAGS.eval_every_steps < 1:
         raise UserError("--steps and --eval_every_steps must be positive.")
+    if FLAGS.input_dependence and config.model.type == "rn":
+        raise UserError("--input_dependence is for the recurrent models (rmc, lstm).")
     d = config.data
     policy = precision.resolve(config.train.precision)
     keras.mixed_precision.set_global_policy(policy)
@@ -72,8 +73,6 @@ def main(argv):
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     val_x, val_y = nf.sub_task(FLAGS.target, FLAGS.val_samples, d.val_seed, d.num_vectors, d.vector_dim)
     if FLAGS.input_dependence:
-        if config.model.type == "rn":
-            raise UserError("--input_dependence is for the recurrent models (rmc, lstm).")
         core = keras.Model(model.inputs, model.get_layer(config.model.type).output)
         share = input_dependent_share(core.predict({"sequence": val_x}, batch_size=1024, verbose=0))
         print(f"{config.model.type}: input-dependent share of the untrained core's output variance: {100 * share:.1f}% "

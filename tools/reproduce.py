@@ -42,7 +42,7 @@ _SMALL_COUNT = ["model.g_units=[256,256,256,256]", "model.f_units=[256,64]", "mo
 # be a list of stages (lists of overrides), trained one after the other in the same run directory (each resumes
 # the previous), e.g. a constant learning rate first and then a cosine decay from where it stopped.
 REPRODUCTIONS = {
-    # Session 15: the CNN+RN of the default config (the FiLM layer at 10x the rate), 60 minutes. Session 14: the
+    # Session 16: the CNN+RN of the default config (mean+max over the pairs), 60 minutes. Session 14: the
     # CNN+MLP trained without re-estimated batch-norm statistics (its per-epoch validation used the moving
     # averages), then was scored with them, without further training, at the step where its 60 minutes ran out.
     "sort_of_clevr": ("test", [("CNN+RN", "configs/sort_of_clevr.yaml", "runs/soc_rn_meanmax"),

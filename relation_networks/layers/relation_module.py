@@ -356,9 +356,7 @@ class RelationModule(keras.layers.Layer):
         n_static = objects.shape[1]
 
         if self.pair_chunk_size is None or return_relations or (n_static is not None and n_static <= self.pair_chunk_size):
-            relations = self._pair_block(left, right, objects, objects, question)
-            if weights is not None:
-                relations = relations * ops.expand_dims(weights, -1)
+            relations = self._masked(self._pair_block(left, right, objects, objects, question), weights)
             output = self._read_out(relations, weights, training)
             return (output, relations) if return_relations else output
         # Chunked: a sum (or mean) built block by block; never a maximum or "none" (checked in __init__).
@@ -374,11 +372,15 @@ class RelationModule(keras.layers.Layer):
         """The layer's output from its pair relations `[batch, N, N, g_units[-1]]` (those `return_relations`
         gives): the aggregation over the included pairs, `aggregate_norm` and `f_phi`, exactly as in `call`. For
         attributions: the gradient of an output with respect to `relations` says how much each pair carried."""
-        relations = ops.convert_to_tensor(relations)
         weights = self._pair_weights(object_mask, pair_mask)
-        if weights is not None:
-            relations = relations * ops.expand_dims(ops.cast(weights, relations.dtype), -1)
-        return self._read_out(relations, weights, training)
+        return self._read_out(self._masked(ops.convert_to_tensor(relations), weights), weights, training)
+
+    @staticmethod
+    def _masked(relations, weights):
+        """`relations` `[B, N, N, H]` with the pairs `weights` leaves out set to zero."""
+        if weights is None:
+            return relations
+        return relations * ops.expand_dims(ops.cast(weights, relations.dtype), -1)
 
     def _read_out(self, relations, weights, training):
         """`read_out` of relations already zero for the pairs `weights` leaves out."""
