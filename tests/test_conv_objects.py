@@ -97,3 +97,26 @@ def test_film_config_round_trip_and_validation():
         ConvObjectExtractor([4, 8], film_layers=0)
     with pytest.raises(ValueError, match="needs a condition"):
         layer(np.zeros((1, 16, 16, 3), "float32"))
+
+
+def test_input_coordinates_are_two_pixel_planes_before_the_first_conv():
+    layer = ConvObjectExtractor([3, 5], input_coordinates=True, coordinate_range=(0.0, 2.0))
+    images = np.random.default_rng(0).uniform(size=(2, 9, 7, 3)).astype("float32")
+    out = layer.feature_map(images, training=False).numpy()
+    rows = np.broadcast_to(np.linspace(0.0, 2.0, 9)[:, None], (9, 7))
+    cols = np.broadcast_to(np.linspace(0.0, 2.0, 7)[None, :], (9, 7))
+    planes = np.broadcast_to(np.stack([rows, cols], -1), (2, 9, 7, 2))
+    x = np.concatenate([images, planes], -1).astype("float32")
+    for conv, bn in layer.blocks:
+        x = np.maximum(bn(conv(x), training=False).numpy(), 0.0)
+    np.testing.assert_allclose(out, x, rtol=1e-5, atol=1e-6)
+    assert layer.blocks[0][0].kernel.shape == (3, 3, 5, 3)
+    clone = ConvObjectExtractor.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config() and clone.input_coordinates
+
+
+def test_input_coordinates_need_static_image_sizes():
+    import keras
+
+    with pytest.raises(ValueError, match="static height and width"):
+        ConvObjectExtractor([4], input_coordinates=True)(keras.Input((None, None, 3)))

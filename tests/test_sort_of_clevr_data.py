@@ -96,6 +96,29 @@ def test_describe():
     assert soc.decode_question(q) == (0, "closest")
 
 
+def test_answer_margin_by_hand():
+    # colour, x, y, shape (0 square, 1 circle); red (row 0) at the origin, the others on the x axis
+    objects = np.array([[0, 10, 10, 0], [1, 13, 10, 1], [2, 20, 10, 1], [3, 25, 10, 0], [4, 50, 10, 0],
+                        [5, 60, 10, 1]], np.float32)
+    closest, furthest = (soc.encode_question(0, True, k) for k in (0, 1))
+    # closest to red: green (3 px, circle); nearest square rival: orange (15 px) -> 12
+    assert soc.answer_margin(objects, closest) == pytest.approx(12.0)
+    # furthest from red: gray (50 px, circle); farthest square rival: yellow (40 px) -> 10
+    assert soc.answer_margin(objects, furthest) == pytest.approx(10.0)
+    same_shape = objects.copy()
+    same_shape[1:, 3] = 1
+    assert soc.answer_margin(same_shape, closest) == float("inf")
+    assert np.isnan(soc.answer_margin(objects, soc.encode_question(0, False, 0)))
+    assert np.isnan(soc.answer_margin(objects, soc.encode_question(0, True, 2)))
+
+
+def test_answer_margin_is_at_least_the_distance_gap(data):
+    for objects, questions in zip(data["objects"], data["questions"]):
+        for q in questions:
+            margin = soc.answer_margin(objects, q)
+            assert np.isnan(margin) or margin >= 1.0 - 1e-9
+
+
 def test_prepare_is_atomic_and_reused(tmp_path):
     path = soc.prepare(str(tmp_path), 0, 6, 2, 9, 3, log=lambda *_: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.split("/")[-1]]

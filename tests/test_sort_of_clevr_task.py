@@ -115,6 +115,29 @@ def test_report_breaks_accuracy_down_by_question_colour(data_dir):
     assert any("red" in colours for colours in by_colour.values())
 
 
+def test_report_breaks_closest_furthest_down_by_answer_margin(data_dir):
+    config = _config(data_dir, "data.val_images=6")
+    records = list(TASK.images(config, "val").as_numpy_iterator())
+    truth = {}
+    for record in records:
+        for q, a in zip(record["questions"], record["answers"]):
+            truth[record["image"].tobytes() + q.tobytes()] = (int(a), soc.answer_margin(record["objects"], q))
+
+    def right_on_wide_margins(batch):
+        logits = np.zeros((len(batch["question"]), len(soc.ANSWERS)), np.float32)
+        for row, (image, question) in enumerate(zip(batch["image"], batch["question"])):
+            answer, margin = truth[image.tobytes() + question.tobytes()]
+            logits[row, answer if not margin < 8.0 else (answer + 1) % len(soc.ANSWERS)] = 1.0
+        return logits
+
+    report = TASK.evaluate(right_on_wide_margins, config, "val", batch_size=32)
+    by_margin = report.extra["closest_furthest_by_margin"]
+    asked = [soc.decode_question(q)[1] for record in records for q in record["questions"]]
+    assert sum(g["count"] for g in by_margin.values()) == sum(s in ("closest", "furthest") for s in asked)
+    for name, group in by_margin.items():
+        assert group["accuracy"] == (0.0 if name in ("under 2 px", "2-4 px", "4-8 px") else 1.0), name
+
+
 def test_film_layer_out_of_range_is_a_config_error(data_dir):
     config = _config(data_dir, "model.film_layers=[4]")  # the CNN has layers 0-3
     with pytest.raises(ConfigError, match="film_layers"):

@@ -113,6 +113,25 @@ def _answer(objects, color, subtype):
     return SHAPES[shape[pick(others, key=lambda k: distance[k])]]
 
 
+def answer_margin(objects, question):
+    """How far from a different answer a closest/furthest question is, in pixels: the distance between the
+    answered object's distance to the reference and that of the nearest rival of the other shape (the rival
+    that would flip the answer if distances were misjudged). `inf` when every candidate has the answer's shape;
+    NaN for the other subtypes. `objects` is one image's `[6, 4]` table, `question` its 11-float encoding."""
+    color, subtype = decode_question(question)
+    if subtype not in ("closest", "furthest"):
+        return float("nan")
+    x, y, shape = objects[:, 1], objects[:, 2], objects[:, 3].astype(int)
+    distance = np.hypot(x - x[color], y - y[color])
+    others = [k for k in range(len(objects)) if k != color]
+    pick = min if subtype == "closest" else max
+    target = pick(others, key=lambda k: distance[k])
+    rivals = [distance[k] for k in others if shape[k] != shape[target]]
+    if not rivals:
+        return float("inf")
+    return float(min(rivals) - distance[target] if subtype == "closest" else distance[target] - max(rivals))
+
+
 def _distances_unambiguous(centres, min_gap):
     diff = centres[:, None, :] - centres[None, :, :]
     dist = np.hypot(diff[..., 0], diff[..., 1])

@@ -53,6 +53,11 @@ class ConvObjectExtractor(keras.layers.Layer):
             on the question lets it pick out the pixels of the colour the question names, which a CNN+RN
             otherwise has to discover through the relation module (docs/RESULTS.md, Sort-of-CLEVR). The CNN then
             depends on the question, so it runs once per question rather than once per image.
+        input_coordinates: append two channels to the images before the first conv, each pixel's (row, col) in
+            `coordinate_range` ("CoordConv", Liu et al. 2018). The cell tags give an object's position only to the
+            nearest cell (15 px on Sort-of-CLEVR's 5 x 5 grid); with the pixel coordinates as inputs the conv
+            features can carry where in its cell the object is, which the closest/furthest questions need when
+            two candidates are a few pixels apart (docs/RESULTS.md). Needs images of static height and width.
 
     Call arguments:
         images: `[batch, height, width, channels]` float images.
@@ -76,6 +81,7 @@ class ConvObjectExtractor(keras.layers.Layer):
         output_mode="objects",
         early_features=False,
         film_layers=(),
+        input_coordinates=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -108,6 +114,7 @@ class ConvObjectExtractor(keras.layers.Layer):
                 f"got {film_layers!r}."
             )
         self.film_layers = sorted(set(film_layers))
+        self.input_coordinates = bool(input_coordinates)
         self.film = {  # string keys: TensorFlow's SavedModel cannot track a dict with int keys
             str(k): keras.layers.Dense(2 * self.filters[k], kernel_initializer="zeros", name=f"film_{k}", dtype=self.dtype_policy)
             for k in self.film_layers
@@ -133,6 +140,13 @@ class ConvObjectExtractor(keras.layers.Layer):
             for film in self.film.values():
                 film.build(tuple(condition_shape))
         shape = tuple(images_shape)
+        if self.input_coordinates:
+            if shape[1] is None or shape[2] is None:
+                raise ValueError(
+                    f"ConvObjectExtractor with input_coordinates=True needs images of static height and width, got "
+                    f"shape {shape}."
+                )
+            shape = shape[:3] + (shape[3] + 2,)
         for conv, bn in self.blocks:
             conv.build(shape)
             shape = conv.compute_output_shape(shape)
@@ -143,7 +157,7 @@ class ConvObjectExtractor(keras.layers.Layer):
         with `early_features`, the pooled first-layer features are concatenated on the channel axis."""
         if self.film_layers and condition is None:
             raise ValueError(f"ConvObjectExtractor with film_layers={self.film_layers} needs a condition.")
-        x = images
+        x = self._with_coordinate_planes(images) if self.input_coordinates else images
         first = None
         for k, (conv, bn) in enumerate(self.blocks):
             x = bn(conv(x), training=training)
@@ -155,6 +169,13 @@ class ConvObjectExtractor(keras.layers.Layer):
         if self.early_features:
             x = ops.concatenate([x, self._pool_to(first, x.shape[1], x.shape[2])], axis=-1)
         return x
+
+    def _with_coordinate_planes(self, images):
+        """`images` `[B, H, W, C]` with each pixel's (row, col) in `coordinate_range` appended: `[B, H, W, C + 2]`."""
+        height, width = images.shape[1], images.shape[2]
+        planes = ops.reshape(cell_coordinates(height, width, *self.coordinate_range), (1, height, width, 2))
+        planes = ops.broadcast_to(ops.cast(planes, images.dtype), (ops.shape(images)[0], height, width, 2))
+        return ops.concatenate([images, planes], axis=-1)
 
     @staticmethod
     def _pool_to(x, height, width):
@@ -196,5 +217,6 @@ class ConvObjectExtractor(keras.layers.Layer):
             output_mode=self.output_mode,
             early_features=self.early_features,
             film_layers=list(self.film_layers),
+            input_coordinates=self.input_coordinates,
         )
         return config

@@ -6,6 +6,7 @@ import os
 import typing
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from relation_networks import tasks
@@ -54,6 +55,9 @@ class SortOfClevrModel:
     # ConvObjectExtractor(film_layers=...): conv layers modulated by the question (FiLM); [] = the paper's CNN,
     # which sees only the image. With any, the CNN runs once per question (data.group_questions saves no CNN work).
     film_layers: typing.List[int] = dataclasses.field(default_factory=list)
+    # ConvObjectExtractor(input_coordinates=...): each pixel's (row, col) as two more input channels, so the conv
+    # features can say where in its 15-pixel cell an object is (closest/furthest between near-equal distances).
+    input_coordinates: bool = False
 
 
 def relation_module(model_config):
@@ -81,6 +85,7 @@ def _layers(model_config):
             output_mode="objects" if model_config.type == "rn" else "feature_map",
             early_features=model_config.early_features,
             film_layers=model_config.film_layers,
+            input_coordinates=model_config.input_coordinates,
             name="cnn",
         ),
         "logits": keras.layers.Activation("linear", dtype="float32", name="logits"),
@@ -121,6 +126,25 @@ def _logits(layers, model_config, image, question, training=None, questions_per_
             h = layers["mlp_dropout"](h, training=training)
         logits = layers["mlp_logits"](h)
     return layers["logits"](logits)
+
+
+# Closest/furthest accuracy by the answer's margin (`soc.answer_margin`, pixels; objects are 11 px wide and the
+# CNN's cells 15 px): are the errors near-ties, which need a precise position, or choices of the wrong object?
+MARGIN_BINS = [("under 2 px", 2.0), ("2-4 px", 4.0), ("4-8 px", 8.0), ("8-16 px", 16.0), ("16 px or more", np.inf),
+               ("one shape only", None)]
+
+
+def _margin_bins(margins):
+    """Index into `MARGIN_BINS` of each margin; -1 (no bin) for NaN (not a closest/furthest question)."""
+    bins = np.full(len(margins), -1)
+    lower = 0.0
+    for index, (_, upper) in enumerate(MARGIN_BINS):
+        if upper is None:
+            bins[np.isinf(margins)] = index
+        else:
+            bins[(margins >= lower) & (margins < upper)] = index
+            lower = upper
+    return bins
 
 
 def build_model(model_config, name="sort_of_clevr"):
@@ -274,4 +298,19 @@ class SortOfClevr(Task):
             if asked.any():
                 groups_k = grouped_accuracy(correct[asked], colours[asked], soc.COLORS)
                 by_colour[name] = {colour: g["accuracy"] for colour, g in groups_k.items()}
-        return self.report(config, split, len(labels), metrics, groups, extra={"accuracy_by_colour": by_colour})
+        extra = {"accuracy_by_colour": by_colour}
+        margins = self._answer_margins(config, split, features["question"])
+        if margins is not None:
+            extra["closest_furthest_by_margin"] = grouped_accuracy(
+                correct, _margin_bins(margins), [name for name, _ in MARGIN_BINS]
+            )
+        return self.report(config, split, len(labels), metrics, groups, extra=extra)
+
+    def _answer_margins(self, config, split, questions):
+        """`soc.answer_margin` of every question of a split in `dataset` order (20 per image, images in file
+        order), or None when the questions do not line up with the stored images (e.g. a sharded split)."""
+        objects = np.stack([record["objects"] for record in self.images(config, split).as_numpy_iterator()])
+        if len(questions) != len(objects) * soc.QUESTIONS_PER_IMAGE:
+            return None
+        per_question = np.repeat(objects, soc.QUESTIONS_PER_IMAGE, axis=0)
+        return np.array([soc.answer_margin(o, q) for o, q in zip(per_question, questions)])
