@@ -42,12 +42,12 @@ _SMALL_COUNT = ["model.g_units=[256,256,256,256]", "model.f_units=[256,64]", "mo
 # be a list of stages (lists of overrides), trained one after the other in the same run directory (each resumes
 # the previous), e.g. a constant learning rate first and then a cosine decay from where it stopped.
 REPRODUCTIONS = {
-    # Session 16: the CNN+RN of the default config (mean+max over the pairs), 60 minutes. Session 14: the
-    # CNN+MLP trained without re-estimated batch-norm statistics (its per-epoch validation used the moving
-    # averages), then was scored with them, without further training, at the step where its 60 minutes ran out.
-    "sort_of_clevr": ("test", [("CNN+RN", "configs/sort_of_clevr.yaml", "runs/soc_rn_meanmax"),
-                               ("CNN+MLP", "configs/sort_of_clevr_mlp.yaml", "runs/soc_mlp_film0",
-                                [["train.bn_recalibration_batches=0"], ["train.max_steps=16800"]])]),
+    # Session 17: the default config's CNN+RN and the CNN+MLP with the same CNN, 60 minutes each, each on one
+    # core (TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 taskset -c <core>), side by side; the CNN+MLP ran
+    # with the pixel coordinate planes that the default leaves off (docs/RESULTS.md, session 17).
+    "sort_of_clevr": ("test", [("CNN+RN", "configs/sort_of_clevr.yaml", "runs/soc_rn_c24_g64"),
+                               ("CNN+MLP", "configs/sort_of_clevr_mlp.yaml", "runs/soc_mlp_c24_g64_coords",
+                                ["model.input_coordinates=true"])]),
     "babi": ("val", [("RN (joint, 20 tasks)", "configs/babi.yaml", "runs/babi")]),
     "physics_connections": ("test", [
         ("RN, per-pair read-out, then cosine decay, best by validation", "configs/physics_connections.yaml",
