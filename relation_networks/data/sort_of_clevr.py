@@ -107,10 +107,17 @@ def _answer(objects, color, subtype):
         return "top" if y[color] < IMAGE_SIZE / 2 else "bottom"
     if subtype == "count":
         return str(int(np.sum(shape == shape[color])))
+    return SHAPES[shape[_extreme_object(objects, color, subtype)[0]]]
+
+
+def _extreme_object(objects, color, subtype):
+    """(index of the object closest to / furthest from object `color`, the other objects' indices, every
+    object's distance to `color`) for a closest/furthest question."""
+    x, y = objects[:, 1], objects[:, 2]
     distance = np.hypot(x - x[color], y - y[color])
     others = [k for k in range(len(objects)) if k != color]
     pick = min if subtype == "closest" else max
-    return SHAPES[shape[pick(others, key=lambda k: distance[k])]]
+    return pick(others, key=lambda k: distance[k]), others, distance
 
 
 def answer_margin(objects, question):
@@ -121,11 +128,8 @@ def answer_margin(objects, question):
     color, subtype = decode_question(question)
     if subtype not in ("closest", "furthest"):
         return float("nan")
-    x, y, shape = objects[:, 1], objects[:, 2], objects[:, 3].astype(int)
-    distance = np.hypot(x - x[color], y - y[color])
-    others = [k for k in range(len(objects)) if k != color]
-    pick = min if subtype == "closest" else max
-    target = pick(others, key=lambda k: distance[k])
+    shape = objects[:, 3].astype(int)
+    target, others, distance = _extreme_object(objects, color, subtype)
     rivals = [distance[k] for k in others if shape[k] != shape[target]]
     if not rivals:
         return float("inf")
