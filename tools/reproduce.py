@@ -42,10 +42,10 @@ _SMALL_COUNT = ["model.g_units=[256,256,256,256]", "model.f_units=[256,64]", "mo
 # be a list of stages (lists of overrides), trained one after the other in the same run directory (each resumes
 # the previous), e.g. a constant learning rate first and then a cosine decay from where it stopped.
 REPRODUCTIONS = {
-    # Session 17: the default config's CNN+RN and the CNN+MLP with the same CNN, 60 minutes each, each on one
-    # core (TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 taskset -c <core>), side by side; the CNN+MLP ran
-    # with the pixel coordinate planes that the default leaves off (docs/RESULTS.md, session 17).
-    "sort_of_clevr": ("test", [("CNN+RN", "configs/sort_of_clevr.yaml", "runs/soc_rn_c24_g64"),
+    # Session 18: the default config's CNN+RN, the README's command on both cores, 60 minutes. Session 17: the
+    # CNN+MLP with the same CNN, 60 minutes on one core (TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 taskset
+    # -c <core>), with the pixel coordinate planes that the default leaves off (docs/RESULTS.md, session 17).
+    "sort_of_clevr": ("test", [("CNN+RN", "configs/sort_of_clevr.yaml", "runs/soc_rn_c24_g64_2core_decay"),
                                ("CNN+MLP", "configs/sort_of_clevr_mlp.yaml", "runs/soc_mlp_c24_g64_coords",
                                 ["model.input_coordinates=true"])]),
     "babi": ("val", [("RN (joint, 20 tasks)", "configs/babi.yaml", "runs/babi")]),
