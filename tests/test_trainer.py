@@ -148,7 +148,7 @@ def test_a_resumed_run_follows_a_changed_learning_rate_and_schedule(tmp_path):
 
     lines = []
     config = _config(tmp_path, "train.epochs=2", "train.learning_rate=2e-4", "train.warmup_steps=0",
-                     "train.lr_schedule=cosine", "train.log_every_steps=1")
+                     "train.lr_schedule=cosine", "train.lr_decay_fraction=1.0", "train.log_every_steps=1")
     metrics = training.train(config, log=lines.append)
     assert any(f"at step {STEPS_PER_EPOCH} " in line for line in lines if line.startswith("Resumed from"))
     assert metrics["step"] == 2 * STEPS_PER_EPOCH
@@ -160,7 +160,7 @@ def test_a_resumed_run_follows_a_changed_learning_rate_and_schedule(tmp_path):
 
     lines = []
     config = _config(tmp_path, "train.epochs=3", "train.learning_rate=5e-5", "train.warmup_steps=0",
-                     "train.log_every_steps=1")
+                     "train.lr_schedule=constant", "train.log_every_steps=1")
     training.train(config, log=lines.append)
     assert set(_logged_rates(lines).values()) == {5e-5}  # back to a constant rate: the config's, not a saved one
 
