@@ -71,11 +71,21 @@ def test_config_round_trip_and_saving(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [(dict(mem_slots=0, head_size=4), "mem_slots"), (dict(mem_slots=2, head_size=4, gate_style="slot"), "gate_style"),
-     (dict(mem_slots=2, head_size=4, num_heads=0), "num_heads"), (dict(mem_slots=2, head_size=4, key_size=0), "key_size")],
+     (dict(mem_slots=2, head_size=4, num_heads=0), "num_heads"), (dict(mem_slots=2, head_size=4, key_size=0), "key_size"),
+     (dict(mem_slots=2.0, head_size=4), "mem_slots"), (dict(mem_slots=2, head_size=4, key_size=True), "key_size")],
 )
 def test_argument_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RelationalMemory(**kwargs)
+
+
+def test_numpy_integer_arguments_give_a_plain_config():
+    """Sizes computed with NumPy (e.g. from a data set's shape) are accepted and stored as plain ints."""
+    cell = RelationalMemory(mem_slots=np.int64(2), head_size=np.int32(3), num_heads=np.int64(2))
+    config = cell.get_config()
+    assert (config["mem_slots"], config["head_size"], config["key_size"]) == (2, 3, 3)
+    assert all(type(config[k]) is int for k in ("mem_slots", "head_size", "num_heads", "key_size"))
+    assert cell.state_size == cell.output_size == 12
 
 
 def test_nth_farthest_answers_by_independent_computation():

@@ -14,10 +14,17 @@ A memory `M` of `mem_slots` rows, each of width `mem_size = head_size * num_head
 The output at each step is the flattened memory `[batch, mem_slots * mem_size]` (as in Sonnet).
 """
 
+import numbers
+
 import keras
 from keras import ops
 
 _GATE_STYLES = ("unit", "memory", None)
+
+
+def _is_positive_integer(value):
+    """True for a positive Python or NumPy integer (not a bool, not a float such as 4.0)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 @keras.saving.register_keras_serializable(package="relation_networks")
@@ -63,26 +70,26 @@ class RelationalMemory(keras.layers.Layer):
         super().__init__(**kwargs)
         for name, value in (("mem_slots", mem_slots), ("head_size", head_size), ("num_heads", num_heads),
                             ("num_blocks", num_blocks), ("attention_mlp_layers", attention_mlp_layers)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _is_positive_integer(value):
                 raise ValueError(f"Invalid value for argument {name}: expected a positive integer, got {value!r}.")
-        if key_size is not None and (not isinstance(key_size, int) or key_size < 1):
+        if key_size is not None and not _is_positive_integer(key_size):
             raise ValueError(f"Invalid value for argument key_size: expected None or a positive integer, got {key_size!r}.")
         if gate_style not in _GATE_STYLES:
             raise ValueError(
                 f"Invalid value for argument gate_style. Expected one of {{'unit', 'memory', None}}, got {gate_style!r}."
             )
-        self.mem_slots = mem_slots
-        self.head_size = head_size
-        self.num_heads = num_heads
-        self.num_blocks = num_blocks
+        self.mem_slots = int(mem_slots)
+        self.head_size = int(head_size)
+        self.num_heads = int(num_heads)
+        self.num_blocks = int(num_blocks)
         self.forget_bias = float(forget_bias)
         self.input_bias = float(input_bias)
         self.gate_style = gate_style
-        self.attention_mlp_layers = attention_mlp_layers
-        self.key_size = key_size or head_size
-        self.mem_size = head_size * num_heads
-        self.state_size = mem_slots * self.mem_size
-        self.output_size = mem_slots * self.mem_size
+        self.attention_mlp_layers = int(attention_mlp_layers)
+        self.key_size = int(key_size or head_size)
+        self.mem_size = self.head_size * self.num_heads
+        self.state_size = self.mem_slots * self.mem_size
+        self.output_size = self.mem_slots * self.mem_size
 
         policy = dict(dtype=self.dtype_policy)  # sub-layers follow this layer's policy, also after reloading
         self.input_projection = keras.layers.Dense(self.mem_size, name="input_projection", **policy)
