@@ -76,3 +76,15 @@ def learning_curve(run_dir, path, metrics_history, title):
         if points:
             series[f"val {name}"] = points
     return line_plot(path, series, title)
+
+
+def validation_by_time(path, runs, title, metric="accuracy"):
+    """Per-epoch validation `metric` of several runs against their minutes of training, on one plot: models
+    compared at an equal wall-clock budget. `runs` is `[(label, metrics_history)]` (metrics.json "history")."""
+    series = {}
+    for label, history in runs:
+        points = [(e["train_seconds"] / 60, e["val"][metric]) for e in history
+                  if metric in e.get("val", {}) and "train_seconds" in e]
+        if points:
+            series[label] = points
+    return line_plot(path, series, title, x_label="minutes of training", y_label=f"val {metric}")

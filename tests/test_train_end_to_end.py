@@ -265,6 +265,7 @@ sys.path.insert(0, {os.path.join(ROOT, "tools")!r})
 import reproduce
 stages = [["train.max_steps=10"], ["train.lr_schedule=cosine", "train.keep_best=accuracy"]]
 reproduce.REPRODUCTIONS["demo"] = ("test", [("staged run", {config!r}, {run_dir!r}, stages)])
+reproduce.EQUAL_TIME.add("demo")
 reproduce.ROOT = {str(tmp_path)!r}  # figures go to tmp_path/docs/figures
 metrics = json.load(open({str(tmp_path / "metrics.json")!r}))
 print(reproduce.section("demo", "test", [("staged run", {config!r}, {run_dir!r}, metrics)]))
@@ -276,6 +277,8 @@ print(reproduce.section("demo", "test", [("staged run", {config!r}, {run_dir!r},
     assert "--set train.lr_schedule=cosine --set train.keep_best=accuracy" in text
     assert "staged run: the model of epoch 1 (step 30), best validation accuracy 50.0%" in text
     assert os.path.exists(tmp_path / "docs" / "figures" / f"{os.path.basename(run_dir)}.png")
+    # an equal-time comparison also plots validation accuracy against minutes of training
+    assert "(figures/demo_by_time.png)" in text and os.path.exists(tmp_path / "docs" / "figures" / "demo_by_time.png")
 
 
 def test_reproduce_reports_a_deleted_run_from_its_archive(trained_run, tmp_path):

@@ -75,12 +75,27 @@ REPRODUCTIONS = {
         # 50 epochs, then the cosine schedule stretched to 70 epochs from where it stopped (a second stage)
         ("RN + context stage, g 4 x 256, augmented", "configs/physics_count.yaml", "runs/physics_count_context_augment",
          [_SMALL_COUNT + ["model.context_units=32"],
-          [o.replace("train.epochs=50", "train.epochs=70") for o in _SMALL_COUNT] + ["model.context_units=32"]])]),
+          [o.replace("train.epochs=50", "train.epochs=70") for o in _SMALL_COUNT] + ["model.context_units=32"]]),
+        # Session 19: a wider context stage (g 256/256, 64-unit messages); 48 epochs fit ~2 hours on one core here
+        ("RN + wider context stage, g 4 x 256, augmented", "configs/physics_count.yaml",
+         "runs/physics_count_context64",
+         [o.replace("train.epochs=50", "train.epochs=48").replace("time_limit_minutes=110", "time_limit_minutes=122")
+          for o in _SMALL_COUNT] + ["model.context_units=64", "model.context_g_units=[256,256]"])]),
     "nth_farthest": ("test", [("RMC", "configs/nth_farthest.yaml", "runs/nth_farthest"),
                               ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm"),
                               ("RN (all vectors at once)", "configs/nth_farthest.yaml", "runs/nth_farthest_rn",
                                ["model.type=rn", "train.time_limit_minutes=15"])]),
+    # Session 19: 4 vectors of 2 dims, input MLP + input norm, Adam 3e-4, 100 minutes each, side by side on one core
+    "nth_farthest_4x2": ("test", [
+        (label, config, run, ["data.num_vectors=4", "data.vector_dim=2", "model.input_mlp_units=[256,256]",
+                              "model.input_norm=true", "train.learning_rate=3e-4", "train.time_limit_minutes=100"])
+        for label, config, run in (("RMC", "configs/nth_farthest.yaml", "runs/nf4d2_rmc_norm100"),
+                                   ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nf4d2_lstm_norm100"))]),
 }
+
+# Reproductions that compare models at an equal wall-clock budget: their section also plots every run's validation
+# accuracy against its minutes of training.
+EQUAL_TIME = {"nth_farthest_4x2"}
 
 
 FLAGS = flags.FLAGS
@@ -135,6 +150,11 @@ def section(task, split, runs):
         if source == os.path.join(ROOT, run_dir) or not os.path.exists(os.path.join(ROOT, figure)):
             plots.learning_curve(source, os.path.join(ROOT, figure), m["history"], f"{task}: {label}")
         figures.append(f"![{label} learning curve](figures/{os.path.basename(figure)})")
+    if task in EQUAL_TIME:
+        figure = os.path.join("docs", "figures", f"{task}_by_time.png")
+        plots.validation_by_time(os.path.join(ROOT, figure), [(label, m["history"]) for label, _, _, m in runs],
+                                 f"{task}: validation accuracy against minutes of training")
+        figures.insert(0, f"![validation accuracy against minutes of training](figures/{os.path.basename(figure)})")
     drift = [f"- {label}: trained with {differences}" for label, config, run_dir, _ in runs
              if (differences := _config_drift(config, run_dir))]
     if drift:
