@@ -509,6 +509,12 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
     budget = train_cfg.time_limit_minutes * 60 if train_cfg.time_limit_minutes else None
     progress = _Progress(stop_step, step, log, train_cfg.log_every_steps)
     stopped = None
+    if budget is not None:  # a resumed run whose budget is spent trains no further step: it is only evaluated
+        over = float(train_seconds.numpy()) >= budget
+        if num_workers > 1:
+            over = bool(any_worker(over))
+        if over:
+            stopped = "time_limit"
     log(
         f"Training {task.name} ({config.model.type if hasattr(config.model, 'type') else 'model'}, "
         f"{model.count_params():,} parameters) for {train_cfg.epochs} epochs x {steps_per_epoch} steps, "

@@ -229,3 +229,17 @@ def test_a_model_setting_a_layer_refuses_is_one_config_message(config, setting, 
     assert result.returncode == 2, result.stderr[-2000:]
     assert "model: " in result.stderr and message in result.stderr and "Traceback" not in result.stderr
     assert not run_dir.exists()  # refused before anything was written
+
+
+def test_paper_reference_only_for_the_papers_instance():
+    """The RRNN paper's 91% belongs beside the RMC on 8 vectors of 16 dims, not beside a smaller instance."""
+    import os
+
+    from relation_networks import config as config_lib, tasks
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "nth_farthest.yaml")
+    task = tasks.get("nth_farthest")
+    assert task.paper_results(config_lib.load(path)) == {"accuracy": 0.91}
+    smaller = config_lib.load(path, ["data.num_vectors=4", "data.vector_dim=2"])
+    assert task.paper_results(smaller) == {}
+    assert task.paper_results(config_lib.load(path, ["model.type=lstm"])) == {}

@@ -242,3 +242,14 @@ def test_recalibrated_statistics_are_evaluated_saved_and_reproduced_on_a_rerun(t
     assert _same(_final_weights(config), saved)
     with pytest.raises(config_lib.ConfigError, match="bn_recalibration_batches"):
         training.train(_config(tmp_path / "bad", "train.bn_recalibration_batches=-1"), log=lambda *a: None)
+
+
+def test_a_resumed_run_whose_time_budget_is_spent_trains_no_further_step(tmp_path):
+    """Re-running a run stopped by train.time_limit_minutes re-evaluates it where it stopped: it does not train on
+    until its next logging step."""
+    config = _config(tmp_path, "train.epochs=3", "train.max_steps=5")
+    training.train(config, log=lambda *a: None)
+    lines = []
+    metrics = training.train(_config(tmp_path, "train.epochs=3", "train.time_limit_minutes=1e-6"), log=lines.append)
+    assert metrics["step"] == 5 and metrics["stopped"] == "time_limit" and "test" in metrics["evaluation"]
+    assert any("Stopped at step 5" in line for line in lines)
