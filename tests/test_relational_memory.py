@@ -1,11 +1,14 @@
 """RelationalMemory cell and the Nth-farthest task."""
 
+import os
+
 import numpy as np
 import pytest
 import keras
 
-from conftest import run_tool
-from relation_networks import RelationalMemory
+from conftest import ROOT, run_tool
+from relation_networks import RelationalMemory, tasks
+from relation_networks import config as config_lib
 from relation_networks.data import nth_farthest as nf
 
 
@@ -122,7 +125,6 @@ def test_few_training_steps_and_export(config, extra, tmp_path):
 
 
 def test_input_mlp_feeds_the_recurrent_core_and_is_refused_for_the_rn():  # and so does input_norm
-    from relation_networks import config as config_lib
     from relation_networks.config import ConfigError
     from relation_networks.tasks.nth_farthest import build_model
 
@@ -150,7 +152,6 @@ def test_input_mlp_feeds_the_recurrent_core_and_is_refused_for_the_rn():  # and 
 
 
 def test_nth_farthest_rn_ignores_the_order_of_the_vectors():
-    from relation_networks import config as config_lib
     from relation_networks.tasks.nth_farthest import build_model
 
     config = config_lib.load("configs/nth_farthest.yaml", ["model.type=rn", "model.g_units=[16,16]",
@@ -233,11 +234,7 @@ def test_a_model_setting_a_layer_refuses_is_one_config_message(config, setting, 
 
 def test_paper_reference_only_for_the_papers_instance():
     """The RRNN paper's 91% belongs beside the RMC on 8 vectors of 16 dims, not beside a smaller instance."""
-    import os
-
-    from relation_networks import config as config_lib, tasks
-
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "nth_farthest.yaml")
+    path = os.path.join(ROOT, "configs", "nth_farthest.yaml")
     task = tasks.get("nth_farthest")
     assert task.paper_results(config_lib.load(path)) == {"accuracy": 0.91}
     smaller = config_lib.load(path, ["data.num_vectors=4", "data.vector_dim=2"])
