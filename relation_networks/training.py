@@ -508,13 +508,16 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
     writers = _summary_writers(config.run_dir, is_chief)
     budget = train_cfg.time_limit_minutes * 60 if train_cfg.time_limit_minutes else None
     progress = _Progress(stop_step, step, log, train_cfg.log_every_steps)
-    stopped = None
-    if budget is not None:  # a resumed run whose budget is spent trains no further step: it is only evaluated
+
+    def budget_spent():
+        """Whether train.time_limit_minutes is used up (on any worker: all stop together)."""
+        if budget is None:
+            return False
         over = float(train_seconds.numpy()) >= budget
-        if num_workers > 1:
-            over = bool(any_worker(over))
-        if over:
-            stopped = "time_limit"
+        return bool(any_worker(over)) if num_workers > 1 else over
+
+    # a resumed run whose budget is spent trains no further step: it is only evaluated
+    stopped = "time_limit" if budget_spent() else None
     log(
         f"Training {task.name} ({config.model.type if hasattr(config.model, 'type') else 'model'}, "
         f"{model.count_params():,} parameters) for {train_cfg.epochs} epochs x {steps_per_epoch} steps, "
@@ -554,13 +557,9 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
                     {"epoch": epoch + 1, "loss": loss_sum / count, "accuracy": correct_sum / (count * global_batch),
                      "lr": lr, "q/s": round(rate)},
                 )
-                if budget is not None:
-                    over = float(train_seconds.numpy()) >= budget
-                    if num_workers > 1:
-                        over = bool(any_worker(over))
-                    if over:
-                        stopped = "time_limit"
-                        break
+                if budget_spent():
+                    stopped = "time_limit"
+                    break
             if step % train_cfg.checkpoint_every_steps == 0:
                 manager.save(checkpoint_number=step)
 
