@@ -38,6 +38,26 @@ _SMALL_COUNT = ["model.g_units=[256,256,256,256]", "model.f_units=[256,64]", "mo
                 "train.learning_rate=3e-4", "train.lr_schedule=cosine", "train.warmup_steps=1000", "train.epochs=50",
                 "train.keep_best=accuracy", "data.augment=true", "train.checkpoint_every_steps=1000",
                 "train.time_limit_minutes=110"]
+
+
+def _replacing(overrides, **values):
+    """`overrides` (a list of "key=value" strings) with the value of each key named in `values` replaced, and any
+    key not among them appended (a dot in a key is written as a double underscore: `train__epochs=48`)."""
+    values = {key.replace("__", "."): value for key, value in values.items()}
+    replaced = [f"{key}={values.pop(key)}" if key in values else f"{key}={value}"
+                for key, value in (o.split("=", 1) for o in overrides)]
+    return replaced + [f"{key}={value}" for key, value in values.items()]
+
+
+def _nth_farthest_pair(num_vectors, vector_dim, run_prefix, minutes=100):
+    """The RMC and the LSTM on one instance of nth-farthest, both with the input MLP + input norm at Adam 3e-4, the
+    same minutes of training each (the equal-time comparisons of sessions 19 and 20)."""
+    overrides = [f"data.num_vectors={num_vectors}", f"data.vector_dim={vector_dim}", "model.input_mlp_units=[256,256]",
+                 "model.input_norm=true", "train.learning_rate=3e-4", f"train.time_limit_minutes={minutes}"]
+    return [("RMC", "configs/nth_farthest.yaml", f"runs/{run_prefix}_rmc_norm100", overrides),
+            ("LSTM", "configs/nth_farthest_lstm.yaml", f"runs/{run_prefix}_lstm_norm100", overrides)]
+
+
 # task -> (split to report, [(label, config, run directory[, --set overrides of that run])]); the overrides may also
 # be a list of stages (lists of overrides), trained one after the other in the same run directory (each resumes
 # the previous), e.g. a constant learning rate first and then a cosine decay from where it stopped.
@@ -75,27 +95,30 @@ REPRODUCTIONS = {
         # 50 epochs, then the cosine schedule stretched to 70 epochs from where it stopped (a second stage)
         ("RN + context stage, g 4 x 256, augmented", "configs/physics_count.yaml", "runs/physics_count_context_augment",
          [_SMALL_COUNT + ["model.context_units=32"],
-          [o.replace("train.epochs=50", "train.epochs=70") for o in _SMALL_COUNT] + ["model.context_units=32"]]),
+          _replacing(_SMALL_COUNT, train__epochs=70) + ["model.context_units=32"]]),
         # Session 19: a wider context stage (g 256/256, 64-unit messages); 48 epochs fit ~2 hours on one core here
         ("RN + wider context stage, g 4 x 256, augmented", "configs/physics_count.yaml",
          "runs/physics_count_context64",
-         [o.replace("train.epochs=50", "train.epochs=48").replace("time_limit_minutes=110", "time_limit_minutes=122")
-          for o in _SMALL_COUNT] + ["model.context_units=64", "model.context_g_units=[256,256]"])]),
+         _replacing(_SMALL_COUNT, train__epochs=48, train__time_limit_minutes=122)
+         + ["model.context_units=64", "model.context_g_units=[256,256]"]),
+        # Session 20: two context stages (g 128/128, 32-unit messages each), 48 epochs
+        ("RN + two context stages, g 4 x 256, augmented", "configs/physics_count.yaml",
+         "runs/physics_count_context2",
+         _replacing(_SMALL_COUNT, train__epochs=48, train__time_limit_minutes=108)
+         + ["model.context_units=32", "model.context_stages=2"])]),
     "nth_farthest": ("test", [("RMC", "configs/nth_farthest.yaml", "runs/nth_farthest"),
                               ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm"),
                               ("RN (all vectors at once)", "configs/nth_farthest.yaml", "runs/nth_farthest_rn",
                                ["model.type=rn", "train.time_limit_minutes=15"])]),
     # Session 19: 4 vectors of 2 dims, input MLP + input norm, Adam 3e-4, 100 minutes each, side by side on one core
-    "nth_farthest_4x2": ("test", [
-        (label, config, run, ["data.num_vectors=4", "data.vector_dim=2", "model.input_mlp_units=[256,256]",
-                              "model.input_norm=true", "train.learning_rate=3e-4", "train.time_limit_minutes=100"])
-        for label, config, run in (("RMC", "configs/nth_farthest.yaml", "runs/nf4d2_rmc_norm100"),
-                                   ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nf4d2_lstm_norm100"))]),
+    "nth_farthest_4x2": ("test", _nth_farthest_pair(4, 2, "nf4d2")),
+    # Session 20: 8 vectors of 2 dims, the same recipe and budget
+    "nth_farthest_8x2": ("test", _nth_farthest_pair(8, 2, "nf8d2")),
 }
 
 # Reproductions that compare models at an equal wall-clock budget: their section also plots every run's validation
 # accuracy against its minutes of training.
-EQUAL_TIME = {"nth_farthest_4x2"}
+EQUAL_TIME = {"nth_farthest_4x2", "nth_farthest_8x2"}
 
 
 FLAGS = flags.FLAGS

@@ -69,6 +69,10 @@ class PhysicsModel:
     # no new ball).
     context_units: int = 0
     context_g_units: typing.List[int] = dataclasses.field(default_factory=lambda: [128, 128])
+    # How many context stages run one after the other (each with its own g_theta, each appending its messages to
+    # the rows the next one reads): a second stage lets a pair see its balls' partners' partners -- two hops, what
+    # telling a closed cycle from a chain takes. Used only with `context_units` > 0.
+    context_stages: int = 1
 
 
 @keras.saving.register_keras_serializable(package="relation_networks")
@@ -167,6 +171,9 @@ def check_readout(model_config, data_config):
                           f"data.target=connections (got {model_config.type} and {data_config.target}).")
     if model_config.context_units < 0:
         raise ConfigError(f"model.context_units must be 0 (no context stage) or positive, got {model_config.context_units}.")
+    if model_config.context_stages < 1:
+        raise ConfigError(f"model.context_stages must be at least 1, got {model_config.context_stages} (no context "
+                          "stage is model.context_units=0).")
     if model_config.context_units and model_config.type != "rn":
         raise ConfigError("model.context_units adds a relation stage before the read-out: it needs model.type=rn "
                           f"(got {model_config.type}).")
@@ -182,11 +189,12 @@ def build_model(model_config, data_config):
     objects = (BallIdentity(n, name="ball_identity", dtype="float32")(balls) if model_config.identity == "one_hot"
                else balls)
     check_readout(model_config, data_config)
-    if model_config.context_units:
+    for stage in range(model_config.context_stages if model_config.context_units else 0):
+        suffix = f"_{stage + 1}" if stage else ""  # the first stage keeps the names of single-stage models
         messages = RelationModule(model_config.context_g_units, [model_config.context_units], aggregation="none",
                                   precise_first_layer=model_config.precise_first_layer,
-                                  name="context_module")(objects)
-        objects = PairContext(name="pair_context", dtype="float32")(objects, messages)
+                                  name="context_module" + suffix)(objects)
+        objects = PairContext(name="pair_context" + suffix, dtype="float32")(objects, messages)
     if model_config.readout == "pairs":
         pair_logits = RelationModule(model_config.g_units, list(model_config.f_units) + [1], aggregation="none",
                                      precise_first_layer=model_config.precise_first_layer,
