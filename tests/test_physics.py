@@ -323,6 +323,7 @@ def test_context_stage_lets_every_pair_see_the_other_balls(tmp_path):
     (["model.type=mlp", "model.context_units=8"], "needs model.type=rn"),
     (["model.readout=pairs", "model.context_units=-1"], "model.context_units must be 0"),
     (["model.context_units=8", "model.context_stages=0"], "model.context_stages must be at least 1"),
+    (["model.context_stages=2"], "model.context_units is 0"),
 ])
 def test_context_stage_bad_config_is_one_clear_error(sets, message, tmp_path):
     args = [a for s in sets + [f"data.dir={tmp_path}/data"] for a in ("--set", s)]

@@ -54,8 +54,8 @@ def _nth_farthest_pair(num_vectors, vector_dim, run_prefix, minutes=100):
     same minutes of training each (the equal-time comparisons of sessions 19 and 20)."""
     overrides = [f"data.num_vectors={num_vectors}", f"data.vector_dim={vector_dim}", "model.input_mlp_units=[256,256]",
                  "model.input_norm=true", "train.learning_rate=3e-4", f"train.time_limit_minutes={minutes}"]
-    return [("RMC", "configs/nth_farthest.yaml", f"runs/{run_prefix}_rmc_norm100", overrides),
-            ("LSTM", "configs/nth_farthest_lstm.yaml", f"runs/{run_prefix}_lstm_norm100", overrides)]
+    return [("RMC", "configs/nth_farthest.yaml", f"runs/{run_prefix}_rmc_norm{minutes}", overrides),
+            ("LSTM", "configs/nth_farthest_lstm.yaml", f"runs/{run_prefix}_lstm_norm{minutes}", overrides)]
 
 
 # task -> (split to report, [(label, config, run directory[, --set overrides of that run])]); the overrides may also
@@ -112,13 +112,14 @@ REPRODUCTIONS = {
                                ["model.type=rn", "train.time_limit_minutes=15"])]),
     # Session 19: 4 vectors of 2 dims, input MLP + input norm, Adam 3e-4, 100 minutes each, side by side on one core
     "nth_farthest_4x2": ("test", _nth_farthest_pair(4, 2, "nf4d2")),
-    # Session 20: 8 vectors of 2 dims, the same recipe and budget
+    # Session 20: 8 vectors of 2 dims, the same recipe and budget; then 6 vectors, 22 minutes each on a core of its own
     "nth_farthest_8x2": ("test", _nth_farthest_pair(8, 2, "nf8d2")),
+    "nth_farthest_6x2": ("test", _nth_farthest_pair(6, 2, "nf6d2", minutes=22)),
 }
 
 # Reproductions that compare models at an equal wall-clock budget: their section also plots every run's validation
 # accuracy against its minutes of training.
-EQUAL_TIME = {"nth_farthest_4x2", "nth_farthest_8x2"}
+EQUAL_TIME = {"nth_farthest_4x2", "nth_farthest_8x2", "nth_farthest_6x2"}
 
 
 FLAGS = flags.FLAGS

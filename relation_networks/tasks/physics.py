@@ -71,7 +71,7 @@ class PhysicsModel:
     context_g_units: typing.List[int] = dataclasses.field(default_factory=lambda: [128, 128])
     # How many context stages run one after the other (each with its own g_theta, each appending its messages to
     # the rows the next one reads): a second stage lets a pair see its balls' partners' partners -- two hops, what
-    # telling a closed cycle from a chain takes. Used only with `context_units` > 0.
+    # telling a closed cycle from a chain takes. More than one needs `context_units` > 0.
     context_stages: int = 1
 
 
@@ -174,6 +174,9 @@ def check_readout(model_config, data_config):
     if model_config.context_stages < 1:
         raise ConfigError(f"model.context_stages must be at least 1, got {model_config.context_stages} (no context "
                           "stage is model.context_units=0).")
+    if model_config.context_stages > 1 and not model_config.context_units:
+        raise ConfigError(f"model.context_stages={model_config.context_stages} chains context stages, but "
+                          "model.context_units is 0 (no context stage): set the stages' message width too.")
     if model_config.context_units and model_config.type != "rn":
         raise ConfigError("model.context_units adds a relation stage before the read-out: it needs model.type=rn "
                           f"(got {model_config.type}).")
