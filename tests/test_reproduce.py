@@ -21,9 +21,8 @@ import reproduce
 from relation_networks import config
 count = 0
 for task, (split, runs) in reproduce.REPRODUCTIONS.items():
-    for label, config_path, run_dir, *overrides in runs:
-        overrides = overrides[0] if overrides else []
-        for stage in (overrides if overrides and isinstance(overrides[0], list) else [overrides]):
+    for label, config_path, *_ in runs:
+        for stage in reproduce._stages(task, label):
             config.load(config_path, stage)
             count += 1
 print(count)
