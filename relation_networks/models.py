@@ -22,6 +22,9 @@ class RelationalMemorySettings:
     forget_bias: float = 1.0
     input_bias: float = 0.0
     key_size: typing.Optional[int] = None
+    # Layer-normalise the attention's projected queries, keys and values, as Sonnet does (RelationalMemory's
+    # `qkv_norm`). False here keeps the models of the runs trained before the option existed.
+    qkv_norm: bool = False
 
 
 def relational_memory(settings, name="relational_memory"):
@@ -29,7 +32,8 @@ def relational_memory(settings, name="relational_memory"):
     return RelationalMemory(
         settings.mem_slots, settings.head_size, num_heads=settings.num_heads, num_blocks=settings.num_blocks,
         forget_bias=settings.forget_bias, input_bias=settings.input_bias, gate_style=settings.gate_style,
-        attention_mlp_layers=settings.attention_mlp_layers, key_size=settings.key_size, name=name,
+        attention_mlp_layers=settings.attention_mlp_layers, key_size=settings.key_size, qkv_norm=settings.qkv_norm,
+        name=name,
     )
 
 

@@ -71,11 +71,35 @@ def test_config_round_trip_and_saving(tmp_path):
     np.testing.assert_allclose(keras.models.load_model(path)(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("qkv_norm", [True, False])
+def test_qkv_norm_makes_attention_independent_of_the_projections_scale(qkv_norm):
+    # Sonnet layer-normalises the projected queries, keys and values: scaling the projection then changes nothing.
+    cell = RelationalMemory(mem_slots=3, head_size=4, num_heads=2, qkv_norm=qkv_norm)
+    rnn = keras.layers.RNN(cell)
+    x = np.random.default_rng(4).normal(size=(2, 5, 6)).astype("float32")
+    before = rnn(x).numpy()
+    qkv = cell.blocks[0]["qkv"]
+    qkv.kernel.assign(qkv.kernel * 7.0)
+    qkv.bias.assign(qkv.bias * 7.0)
+    change = np.abs(rnn(x).numpy() - before).max()
+    assert change < 1e-3 if qkv_norm else change > 0.05
+    assert any("qkv_norm" in w.path for w in cell.weights) == qkv_norm
+
+
+def test_a_layer_saved_before_qkv_norm_loads_without_it():
+    config = RelationalMemory(mem_slots=2, head_size=4).get_config()
+    assert config["qkv_norm"] is True  # Sonnet's behaviour is the default
+    del config["qkv_norm"]
+    assert RelationalMemory.from_config(config).qkv_norm is False
+    assert RelationalMemory.from_config({**config, "qkv_norm": True}).qkv_norm is True
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [(dict(mem_slots=0, head_size=4), "mem_slots"), (dict(mem_slots=2, head_size=4, gate_style="slot"), "gate_style"),
      (dict(mem_slots=2, head_size=4, num_heads=0), "num_heads"), (dict(mem_slots=2, head_size=4, key_size=0), "key_size"),
-     (dict(mem_slots=2.0, head_size=4), "mem_slots"), (dict(mem_slots=2, head_size=4, key_size=True), "key_size")],
+     (dict(mem_slots=2.0, head_size=4), "mem_slots"), (dict(mem_slots=2, head_size=4, key_size=True), "key_size"),
+     (dict(mem_slots=2, head_size=4, qkv_norm="yes"), "qkv_norm")],
 )
 def test_argument_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -108,7 +132,8 @@ def test_nth_farthest_answers_by_independent_computation():
     np.testing.assert_array_equal(nf.generate(10, seed=5)["inputs"], nf.generate(10, seed=5)["inputs"])
 
 
-@pytest.mark.parametrize("config, extra", [("nth_farthest", ["model.input_mlp_units=[16]", "model.input_norm=true"]),
+@pytest.mark.parametrize("config, extra", [("nth_farthest", ["model.input_mlp_units=[16]", "model.input_norm=true",
+                                                             "model.qkv_norm=true"]),
                                            ("nth_farthest_lstm", []),
                                            ("nth_farthest", ["model.type=rn", "model.g_units=[16,16]"])])
 def test_few_training_steps_and_export(config, extra, tmp_path):

@@ -5,7 +5,9 @@ A memory `M` of `mem_slots` rows, each of width `mem_size = head_size * num_head
     x~      = W_in x_t                                            (the input, projected to one memory row)
     M~      = [M; x~]                                             (input appended as an extra row)
     repeat num_blocks times:
-        M~  = LayerNorm(M~ + MHDPA(M~))                           (multi-head dot-product attention)
+        M~  = LayerNorm(M~ + MHDPA(M~))                           (multi-head dot-product attention; with
+                                                                   qkv_norm, queries, keys and values are
+                                                                   layer-normalised together, as in Sonnet)
         M~  = LayerNorm(M~ + MLP(M~))                             (row-wise MLP, attention_mlp_layers deep)
     M'      = M~ without the input row
     i, f    = sigmoid(W_i x~ + U_i tanh(M) + input_bias), sigmoid(W_f x~ + U_f tanh(M) + forget_bias)
@@ -42,6 +44,10 @@ class RelationalMemory(keras.layers.Layer):
             memory is replaced by the attended memory each step).
         attention_mlp_layers: depth of the row-wise MLP after attention.
         key_size: width of queries and keys (default: `head_size`).
+        qkv_norm: layer-normalise each row's projected queries, keys and values (jointly, over all heads) before
+            the attention, as Sonnet's `RelationalMemory` does; this sets the attention logits' scale at
+            initialisation independently of the memory's. `False` leaves the projection as it is (the behaviour of
+            this layer before the option existed; saved layers without the key load that way).
 
     Call arguments (as an RNN cell):
         inputs: `[batch, input_dim]`, one time step.
@@ -65,6 +71,7 @@ class RelationalMemory(keras.layers.Layer):
         gate_style="unit",
         attention_mlp_layers=2,
         key_size=None,
+        qkv_norm=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -74,6 +81,8 @@ class RelationalMemory(keras.layers.Layer):
                 raise ValueError(f"Invalid value for argument {name}: expected a positive integer, got {value!r}.")
         if key_size is not None and not _is_positive_integer(key_size):
             raise ValueError(f"Invalid value for argument key_size: expected None or a positive integer, got {key_size!r}.")
+        if not isinstance(qkv_norm, bool):
+            raise ValueError(f"Invalid value for argument qkv_norm: expected True or False, got {qkv_norm!r}.")
         if gate_style not in _GATE_STYLES:
             raise ValueError(
                 f"Invalid value for argument gate_style. Expected one of {{'unit', 'memory', None}}, got {gate_style!r}."
@@ -87,6 +96,7 @@ class RelationalMemory(keras.layers.Layer):
         self.gate_style = gate_style
         self.attention_mlp_layers = int(attention_mlp_layers)
         self.key_size = int(key_size or head_size)
+        self.qkv_norm = qkv_norm
         self.mem_size = self.head_size * self.num_heads
         self.state_size = self.mem_slots * self.mem_size
         self.output_size = self.mem_slots * self.mem_size
@@ -98,6 +108,8 @@ class RelationalMemory(keras.layers.Layer):
         for b in range(num_blocks):
             self.blocks.append({
                 "qkv": keras.layers.Dense(qkv, name=f"block_{b}_qkv", **policy),
+                "qkv_norm": keras.layers.LayerNormalization(
+                    epsilon=1e-5, name=f"block_{b}_qkv_norm", **policy) if qkv_norm else None,
                 "attention_norm": keras.layers.LayerNormalization(name=f"block_{b}_attention_norm", **policy),
                 "mlp": [keras.layers.Dense(self.mem_size, activation="relu" if k < attention_mlp_layers - 1 else None,
                                            name=f"block_{b}_mlp_{k}", **policy) for k in range(attention_mlp_layers)],
@@ -113,6 +125,8 @@ class RelationalMemory(keras.layers.Layer):
         row = (None, self.mem_size)
         for block in self.blocks:
             block["qkv"].build(row)
+            if block["qkv_norm"] is not None:
+                block["qkv_norm"].build((None, block["qkv"].units))
             block["attention_norm"].build(row)
             for layer in block["mlp"]:
                 layer.build(row)
@@ -136,6 +150,8 @@ class RelationalMemory(keras.layers.Layer):
         """MHDPA over the rows of `memory` `[B, R, M]` -> `[B, R, M]`."""
         rows = ops.shape(memory)[1]
         qkv = block["qkv"](memory)
+        if block["qkv_norm"] is not None:
+            qkv = block["qkv_norm"](qkv)
         qkv = ops.transpose(ops.reshape(qkv, (-1, rows, self.num_heads, 2 * self.key_size + self.head_size)), (0, 2, 1, 3))
         q = qkv[..., : self.key_size] * (self.key_size**-0.5)
         k = qkv[..., self.key_size : 2 * self.key_size]
@@ -176,6 +192,11 @@ class RelationalMemory(keras.layers.Layer):
         config.update(
             mem_slots=self.mem_slots, head_size=self.head_size, num_heads=self.num_heads, num_blocks=self.num_blocks,
             forget_bias=self.forget_bias, input_bias=self.input_bias, gate_style=self.gate_style,
-            attention_mlp_layers=self.attention_mlp_layers, key_size=self.key_size,
+            attention_mlp_layers=self.attention_mlp_layers, key_size=self.key_size, qkv_norm=self.qkv_norm,
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # Layers saved before `qkv_norm` existed had no normalisation of the projection: they load as they ran.
+        return super().from_config({"qkv_norm": False, **config})
