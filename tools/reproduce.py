@@ -49,14 +49,21 @@ def _replacing(overrides, **values):
     return replaced + [f"{key}={value}" for key, value in values.items()]
 
 
+def _nth_farthest_overrides(num_vectors, vector_dim, minutes):
+    """The nth-farthest recipe of sessions 19-21: one instance, the input MLP + input norm, Adam 3e-4, a time limit."""
+    return [f"data.num_vectors={num_vectors}", f"data.vector_dim={vector_dim}", "model.input_mlp_units=[256,256]",
+            "model.input_norm=true", "train.learning_rate=3e-4", f"train.time_limit_minutes={minutes}"]
+
+
 def _nth_farthest_pair(num_vectors, vector_dim, run_prefix, minutes=100):
-    """The RMC and the LSTM on one instance of nth-farthest, both with the input MLP + input norm at Adam 3e-4, the
-    same minutes of training each (the equal-time comparisons of sessions 19 and 20)."""
-    overrides = [f"data.num_vectors={num_vectors}", f"data.vector_dim={vector_dim}", "model.input_mlp_units=[256,256]",
-                 "model.input_norm=true", "train.learning_rate=3e-4", f"train.time_limit_minutes={minutes}"]
+    """The RMC and the LSTM on one instance of nth-farthest with the same recipe and the same minutes of training
+    each (the equal-time comparisons of sessions 19 and 20)."""
+    overrides = _nth_farthest_overrides(num_vectors, vector_dim, minutes)
     return [("RMC", "configs/nth_farthest.yaml", f"runs/{run_prefix}_rmc_norm{minutes}", overrides),
             ("LSTM", "configs/nth_farthest_lstm.yaml", f"runs/{run_prefix}_lstm_norm{minutes}", overrides)]
 
+
+_SIX_QKV = _nth_farthest_overrides(6, 2, 22) + ["model.qkv_norm=true"]
 
 # task -> (split to report, [(label, config, run directory[, --set overrides of that run])]); the overrides may also
 # be a list of stages (lists of overrides), trained one after the other in the same run directory (each resumes
@@ -105,7 +112,12 @@ REPRODUCTIONS = {
         ("RN + two context stages, g 4 x 256, augmented", "configs/physics_count.yaml",
          "runs/physics_count_context2",
          _replacing(_SMALL_COUNT, train__epochs=48, train__time_limit_minutes=108)
-         + ["model.context_units=32", "model.context_stages=2"])]),
+         + ["model.context_units=32", "model.context_stages=2"]),
+        # Session 21: the session-10 context stage at Adam 1e-3 instead of 3e-4, 56 epochs
+        ("RN + context stage, Adam 1e-3, g 4 x 256, augmented", "configs/physics_count.yaml",
+         "runs/physics_count_context_lr1e-3",
+         _replacing(_SMALL_COUNT, train__learning_rate="1e-3", train__epochs=56, train__time_limit_minutes=108)
+         + ["model.context_units=32"])]),
     "nth_farthest": ("test", [("RMC", "configs/nth_farthest.yaml", "runs/nth_farthest"),
                               ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm"),
                               ("RN (all vectors at once)", "configs/nth_farthest.yaml", "runs/nth_farthest_rn",
@@ -115,11 +127,21 @@ REPRODUCTIONS = {
     # Session 20: 8 vectors of 2 dims, the same recipe and budget; then 6 vectors, 22 minutes each on a core of its own
     "nth_farthest_8x2": ("test", _nth_farthest_pair(8, 2, "nf8d2")),
     "nth_farthest_6x2": ("test", _nth_farthest_pair(6, 2, "nf6d2", minutes=22)),
+    # Session 21: the RMC with Sonnet's layer norm of the projected queries, keys and values (model.qkv_norm), on a
+    # core of its own, beside session 20's LSTM of the same recipe; the 95-minute run continues the 22-minute one.
+    "nth_farthest_6x2_qkv_norm": ("test", [
+        ("RMC + qkv norm", "configs/nth_farthest.yaml", "runs/nf6d2_rmc_qkvnorm22", _SIX_QKV),
+        ("RMC + qkv norm, Adam 1e-4", "configs/nth_farthest.yaml", "runs/nf6d2_rmc_qkvnorm_lr1e-4_22",
+         _replacing(_SIX_QKV, train__learning_rate="1e-4")),
+        ("RMC + qkv norm, 95 minutes", "configs/nth_farthest.yaml", "runs/nf6d2_rmc_qkvnorm95",
+         [_SIX_QKV, _replacing(_SIX_QKV, train__time_limit_minutes=95)]),
+        ("LSTM (session 20)", "configs/nth_farthest_lstm.yaml", "runs/nf6d2_lstm_norm22",
+         _nth_farthest_overrides(6, 2, 22))]),
 }
 
 # Reproductions that compare models at an equal wall-clock budget: their section also plots every run's validation
 # accuracy against its minutes of training.
-EQUAL_TIME = {"nth_farthest_4x2", "nth_farthest_8x2", "nth_farthest_6x2"}
+EQUAL_TIME = {"nth_farthest_4x2", "nth_farthest_8x2", "nth_farthest_6x2", "nth_farthest_6x2_qkv_norm"}
 
 
 FLAGS = flags.FLAGS
