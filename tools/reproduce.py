@@ -139,8 +139,8 @@ REPRODUCTIONS = {
          _nth_farthest_overrides(6, 2, 22))]),
 }
 
-# Reproductions that compare models at an equal wall-clock budget: their section also plots every run's validation
-# accuracy against its minutes of training.
+# Reproductions that compare models by wall-clock time (an equal budget, or a longer one for the model behind):
+# their section also plots every run's validation accuracy against its minutes of training.
 EQUAL_TIME = {"nth_farthest_4x2", "nth_farthest_8x2", "nth_farthest_6x2", "nth_farthest_6x2_qkv_norm"}
 
 
