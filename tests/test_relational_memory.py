@@ -115,6 +115,61 @@ def test_numpy_integer_arguments_give_a_plain_config():
     assert cell.state_size == cell.output_size == 12
 
 
+@pytest.mark.parametrize("max_vectors", [None, 11])
+def test_nth_farthest_answers_by_independent_computation_with_ids_of_any_width(max_vectors):
+    """Answers and inputs recomputed one sample at a time; with `max_vectors` larger than the number of vectors the
+    ids are distinct, drawn from the wider range, and cover all of it over the samples."""
+    width = max_vectors or 6
+    data = nf.generate(300, seed=5, num_vectors=6, vector_dim=3, max_vectors=max_vectors)
+    assert data["inputs"].shape == (300, 6, nf.input_dim(6, 3, max_vectors)) == (300, 6, 3 + 3 * width)
+    for i in range(300):
+        ids, m, n = data["ids"][i], data["reference"][i], data["rank"][i]
+        assert len(set(ids)) == 6 and set(ids) <= set(range(width))
+        ranked = sorted((k for k in range(6) if k != m), key=lambda k: -np.linalg.norm(data["vectors"][i, k] -
+                                                                                        data["vectors"][i, m]))
+        assert data["answers"][i] == ids[ranked[n - 1]]
+        for t, row in enumerate(data["inputs"][i]):
+            k = data["order"][i, t]
+            np.testing.assert_array_equal(row[:3], data["vectors"][i, k])
+            one_hots = row[3:].reshape(3, width)
+            np.testing.assert_array_equal(one_hots.sum(-1), [1, 1, 1])
+            assert one_hots[0, ids[k]] == 1 and one_hots[1, ids[m]] == 1 and one_hots[2, n - 1] == 1
+    if max_vectors is None:
+        np.testing.assert_array_equal(data["ids"], np.broadcast_to(np.arange(6), (300, 6)))
+    else:
+        assert set(data["ids"].ravel()) == set(range(width))
+        same = nf.generate(300, seed=5, num_vectors=6, vector_dim=3)  # the same scenes, only the ids differ
+        np.testing.assert_array_equal(same["vectors"], data["vectors"])
+        np.testing.assert_array_equal(same["rank"], data["rank"])
+    with pytest.raises(ValueError, match="max_vectors"):
+        nf.generate(2, seed=0, num_vectors=6, max_vectors=5)
+
+
+def test_nth_farthest_curriculum_resumes_on_more_vectors(tmp_path):
+    """Trained on 3 of up to 5 ids, a run resumes on 5 vectors: same weights, longer sequences, every rank scored."""
+    run_dir = str(tmp_path / "run")
+    sets = ["data.max_vectors=5", "data.vector_dim=2", "data.train_size=128", "data.val_size=32", "data.test_size=32",
+            "model.mem_slots=2", "model.head_size=4", "model.num_heads=2", "model.mlp_units=[8]",
+            "train.batch_size=32", f"run_dir={run_dir}"]
+    args = ["--config", "configs/nth_farthest.yaml"] + [a for s in sets for a in ("--set", s)]
+    first = run_tool("train", *args, "--set", "data.num_vectors=3", "--set", "train.epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "rank_2" in first.stdout and "rank_3" not in first.stdout
+    second = run_tool("train", *args, "--set", "data.num_vectors=5", "--set", "train.epochs=2")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Resumed from" in second.stdout + second.stderr and "rank_4" in second.stdout
+    model = keras.models.load_model(os.path.join(run_dir, "model.keras"))
+    assert model.input_shape == (None, 5, 2 + 15) and model.output_shape == (None, 5)
+    refused = run_tool("train", *args, "--set", "data.num_vectors=6", "--set", "train.epochs=3")
+    assert refused.returncode != 0 and "data.max_vectors (5) must be at least data.num_vectors (6)" in refused.stderr
+    from relation_networks.config import ConfigError
+    from relation_networks.tasks.nth_farthest import build_model
+
+    config = config_lib.load("configs/nth_farthest.yaml", ["data.max_vectors=0"])
+    with pytest.raises(ConfigError, match="max_vectors"):
+        build_model(config.model, config.data)
+
+
 def test_nth_farthest_answers_by_independent_computation():
     data = nf.generate(200, seed=5)
     assert data["inputs"].shape == (200, 8, 16 + 24)
@@ -191,17 +246,19 @@ def test_nth_farthest_rn_ignores_the_order_of_the_vectors():
     assert np.abs(keras.ops.convert_to_numpy(model({"sequence": changed})) - out).max() > 1e-6
 
 
+@pytest.mark.parametrize("max_vectors", [None, 7])
 @pytest.mark.parametrize("target", nf.SUB_TASKS)
-def test_probe_sub_task_labels_by_independent_computation(target):
+def test_probe_sub_task_labels_by_independent_computation(target, max_vectors):
     """The probe's sub-task labels, recomputed here one sample at a time from the inputs the model sees."""
     num_vectors, dim = 5, 3
-    inputs, labels = nf.sub_task(target, 60, 7, num_vectors, dim)
-    assert inputs.shape == (60, num_vectors, nf.input_dim(num_vectors, dim))
+    width = max_vectors or num_vectors
+    inputs, labels = nf.sub_task(target, 60, 7, num_vectors, dim, max_vectors)
+    assert inputs.shape == (60, num_vectors, nf.input_dim(num_vectors, dim, max_vectors))
     for x, label in zip(inputs, labels):
-        ids = x[:, dim : dim + num_vectors].argmax(-1)
+        ids = x[:, dim : dim + width].argmax(-1)
         vectors = {int(i): row[:dim] for i, row in zip(ids, x)}
-        m = int(x[0, dim + num_vectors : dim + 2 * num_vectors].argmax())
-        rank = int(x[0, dim + 2 * num_vectors :].argmax()) + 1
+        m = int(x[0, dim + width : dim + 2 * width].argmax())
+        rank = int(x[0, dim + 2 * width :].argmax()) + 1
         if target == "largest_x":
             expected = max(vectors, key=lambda i: vectors[i][0])
         elif target == "largest_norm":
@@ -210,7 +267,7 @@ def test_probe_sub_task_labels_by_independent_computation(target):
             expected = int(vectors[m][0] > 0)
         else:
             if target == "farthest":
-                assert rank == 1 and x[0, dim + 2 * num_vectors :].sum() == 1
+                assert rank == 1 and x[0, dim + 2 * width :].sum() == 1
             others = sorted((i for i in vectors if i != m), key=lambda i: -np.linalg.norm(vectors[i] - vectors[m]))
             expected = others[rank - 1]
         assert label == expected

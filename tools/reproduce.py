@@ -64,6 +64,10 @@ def _nth_farthest_pair(num_vectors, vector_dim, run_prefix, minutes=100):
 
 
 _SIX_QKV = _nth_farthest_overrides(6, 2, 22) + ["model.qkv_norm=true"]
+# Session 22: a curriculum over the number of vectors in one run directory (ids 8 wide throughout): 4 vectors of 2
+# dims up to 30 minutes of training, 6 up to 60, 8 up to 100 -- the budget of session 20's 8 x 2 runs.
+_CURRICULUM = [_nth_farthest_overrides(num_vectors, 2, minutes) + ["data.max_vectors=8"]
+               for num_vectors, minutes in ((4, 30), (6, 60), (8, 100))]
 
 # task -> (split to report, [(label, config, run directory[, --set overrides of that run])]); the overrides may also
 # be a list of stages (lists of overrides), trained one after the other in the same run directory (each resumes
@@ -137,11 +141,17 @@ REPRODUCTIONS = {
          [_SIX_QKV, _replacing(_SIX_QKV, train__time_limit_minutes=95)]),
         ("LSTM (session 20)", "configs/nth_farthest_lstm.yaml", "runs/nf6d2_lstm_norm22",
          _nth_farthest_overrides(6, 2, 22))]),
+    # Session 22: both models through the curriculum, each alone on a core; session 20's 8 x 2 runs without it beside.
+    "nth_farthest_curriculum": ("test", [
+        ("RMC, curriculum 4 -> 6 -> 8", "configs/nth_farthest.yaml", "runs/nf_curriculum_rmc", _CURRICULUM),
+        ("LSTM, curriculum 4 -> 6 -> 8", "configs/nth_farthest_lstm.yaml", "runs/nf_curriculum_lstm", _CURRICULUM),
+        *[(f"{label}, 8 vectors throughout (session 20)", *rest) for label, *rest in _nth_farthest_pair(8, 2, "nf8d2")]]),
 }
 
 # Reproductions that compare models by wall-clock time (an equal budget, or a longer one for the model behind):
 # their section also plots every run's validation accuracy against its minutes of training.
-EQUAL_TIME = {"nth_farthest_4x2", "nth_farthest_8x2", "nth_farthest_6x2", "nth_farthest_6x2_qkv_norm"}
+EQUAL_TIME = {"nth_farthest_4x2", "nth_farthest_8x2", "nth_farthest_6x2", "nth_farthest_6x2_qkv_norm",
+              "nth_farthest_curriculum"}
 
 
 FLAGS = flags.FLAGS

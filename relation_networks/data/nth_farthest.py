@@ -4,13 +4,17 @@ Each sample holds `num_vectors` vectors of `vector_dim` dims drawn uniformly in 
 id. The question names a reference id `m` and a rank `n` (1 = farthest); the answer is the id of the n-th farthest
 vector from vector `m`, counting from the farthest and excluding `m` itself. The model sees one vector per time
 step, in random order, each step's input being `[vector, one-hot id, one-hot m, one-hot (n - 1)]`.
+
+The one-hots are `max_vectors` wide (by default `num_vectors`). With more room than vectors, each sample's ids are
+a random subset of `0 .. max_vectors - 1`, so that a model trained on fewer vectors has the shapes of, and has
+seen every id of, the larger instance (a curriculum over the number of vectors).
 """
 
 import numpy as np
 
 
-def input_dim(num_vectors, vector_dim):
-    return vector_dim + 3 * num_vectors
+def input_dim(num_vectors, vector_dim, max_vectors=None):
+    return vector_dim + 3 * (num_vectors if max_vectors is None else max_vectors)
 
 
 def _by_distance(vectors, reference):
@@ -22,39 +26,48 @@ def _by_distance(vectors, reference):
     return np.argsort(-distance, axis=1, kind="stable")
 
 
-def generate(num_samples, seed, num_vectors=8, vector_dim=16):
-    """Returns `inputs` float32 `[num_samples, num_vectors, vector_dim + 3 * num_vectors]`, `answers` int32
-    `[num_samples]`, and the raw `vectors` `[num_samples, num_vectors, vector_dim]` (indexed by id), `reference`
-    and `rank` `[num_samples]` (rank 1 = farthest), and `order` `[num_samples, num_vectors]` (the id shown at each
-    time step)."""
+def generate(num_samples, seed, num_vectors=8, vector_dim=16, max_vectors=None):
+    """Returns `inputs` float32 `[num_samples, num_vectors, input_dim(...)]`, `answers` int32 `[num_samples]` (an
+    id), the raw `vectors` `[num_samples, num_vectors, vector_dim]`, their `ids` `[num_samples, num_vectors]`
+    (`arange(num_vectors)` on every row unless `max_vectors` is larger), `reference` and `rank` `[num_samples]`
+    (the reference's index into `vectors`; rank 1 = farthest), and `order` `[num_samples, num_vectors]` (the index
+    of the vector shown at each time step)."""
     if num_vectors < 2:
         raise ValueError("num_vectors must be at least 2.")
+    width = num_vectors if max_vectors is None else max_vectors
+    if width < num_vectors:
+        raise ValueError(f"max_vectors ({max_vectors}) must be at least num_vectors ({num_vectors}).")
     rng = np.random.default_rng(seed)
     vectors = rng.uniform(-1.0, 1.0, size=(num_samples, num_vectors, vector_dim)).astype(np.float32)
     reference = rng.integers(0, num_vectors, size=num_samples)
     rank = rng.integers(1, num_vectors, size=num_samples)  # 1 .. num_vectors - 1
     order = np.argsort(rng.uniform(size=(num_samples, num_vectors)), axis=1)
 
-    answers = _by_distance(vectors, reference)[np.arange(num_samples), rank - 1].astype(np.int32)
+    ids = np.broadcast_to(np.arange(num_vectors), (num_samples, num_vectors))
+    if width > num_vectors:  # drawn last: the draws above do not depend on max_vectors
+        ids = np.argsort(rng.uniform(size=(num_samples, width)), axis=1)[:, :num_vectors]
+    rows = np.arange(num_samples)
+    answers = ids[rows, _by_distance(vectors, reference)[rows, rank - 1]].astype(np.int32)
 
-    eye = np.eye(num_vectors, dtype=np.float32)
+    eye = np.eye(width, dtype=np.float32)
     shown = np.take_along_axis(vectors, order[..., None], axis=1)
     inputs = np.concatenate(
         [
             shown,
-            eye[order],
-            np.broadcast_to(eye[reference][:, None], (num_samples, num_vectors, num_vectors)),
-            np.broadcast_to(eye[rank - 1][:, None], (num_samples, num_vectors, num_vectors)),
+            eye[np.take_along_axis(ids, order, axis=1)],
+            np.broadcast_to(eye[ids[rows, reference]][:, None], (num_samples, num_vectors, width)),
+            np.broadcast_to(eye[rank - 1][:, None], (num_samples, num_vectors, width)),
         ],
         axis=-1,
     )
-    return {"inputs": inputs, "answers": answers, "vectors": vectors, "reference": reference, "rank": rank, "order": order}
+    return {"inputs": inputs, "answers": answers, "vectors": vectors, "ids": np.array(ids), "reference": reference,
+            "rank": rank, "order": order}
 
 
 SUB_TASKS = ("largest_x", "largest_norm", "reference_sign", "farthest", "full")
 
 
-def sub_task(target, num_samples, seed, num_vectors=8, vector_dim=16):
+def sub_task(target, num_samples, seed, num_vectors=8, vector_dim=16, max_vectors=None):
     """`(inputs, labels)` for a piece of the task on the task's own inputs (`tools/probe_nth_farthest.py`):
 
         largest_x       id of the vector with the largest first coordinate
@@ -63,20 +76,22 @@ def sub_task(target, num_samples, seed, num_vectors=8, vector_dim=16):
         farthest        id of the vector farthest from m; the rank one-hot of every step is set to rank 1
         full            the Nth-farthest answer
 
-    `inputs` float32 `[num_samples, num_vectors, input_dim]` as `generate` makes them, `labels` int32."""
+    `inputs` float32 `[num_samples, num_vectors, input_dim]` as `generate` makes them, `labels` int32 (ids, or
+    0/1 for `reference_sign`)."""
     if target not in SUB_TASKS:
         raise ValueError(f"Unknown sub-task {target!r}; expected one of {', '.join(SUB_TASKS)}.")
-    d = generate(num_samples, seed, num_vectors, vector_dim)
+    d = generate(num_samples, seed, num_vectors, vector_dim, max_vectors)
     inputs, labels, rows = d["inputs"], d["answers"], np.arange(num_samples)
     if target == "largest_x":
-        labels = d["vectors"][..., 0].argmax(-1)
+        labels = d["ids"][rows, d["vectors"][..., 0].argmax(-1)]
     elif target == "largest_norm":
-        labels = np.linalg.norm(d["vectors"], axis=-1).argmax(-1)
+        labels = d["ids"][rows, np.linalg.norm(d["vectors"], axis=-1).argmax(-1)]
     elif target == "reference_sign":
         labels = d["vectors"][rows, d["reference"], 0] > 0
     elif target == "farthest":
-        labels = _by_distance(d["vectors"], d["reference"])[:, 0]
-        rank_column = vector_dim + 2 * num_vectors  # the rank one-hot is the last num_vectors columns of a step
+        labels = d["ids"][rows, _by_distance(d["vectors"], d["reference"])[:, 0]]
+        width = (inputs.shape[-1] - vector_dim) // 3  # id, reference and rank one-hots, in this order
+        rank_column = vector_dim + 2 * width
         inputs = inputs.copy()
         inputs[..., rank_column:] = 0.0
         inputs[..., rank_column] = 1.0

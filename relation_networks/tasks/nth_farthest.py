@@ -21,6 +21,10 @@ from relation_networks.tasks.base import Task
 class NthFarthestData:
     num_vectors: int = 8
     vector_dim: int = 16
+    # Width of the id, reference and rank one-hots and number of answer classes (unset: num_vectors). Larger than
+    # num_vectors, each sample's ids are a random subset of 0 .. max_vectors - 1: a model trained on fewer vectors
+    # then has the shapes of the larger instance and resumes on it (a curriculum over the number of vectors).
+    max_vectors: typing.Optional[int] = None
     train_size: int = 100_000  # fresh samples every epoch, seeded by the run seed and the epoch
     val_size: int = 5_000
     test_size: int = 10_000
@@ -46,18 +50,28 @@ class NthFarthestModel(RelationalMemorySettings):
     input_norm: bool = False
 
 
+def id_width(data_config):
+    """The one-hots' width and number of answer classes: `data.max_vectors`, or `data.num_vectors` if unset."""
+    width = data_config.num_vectors if data_config.max_vectors is None else data_config.max_vectors
+    if width < data_config.num_vectors:
+        raise ConfigError(f"data.max_vectors ({data_config.max_vectors}) must be at least data.num_vectors "
+                          f"({data_config.num_vectors}), or unset.")
+    return width
+
+
 def build_model(model_config, data_config):
-    """Input `sequence` float32 `[B, num_vectors, vector_dim + 3 * num_vectors]`, output logits over the ids.
-    The recurrent core is unrolled over the fixed sequence length (TFLite builtin ops, dynamic batch)."""
-    steps = data_config.num_vectors
-    sequence = keras.Input((steps, nf.input_dim(data_config.num_vectors, data_config.vector_dim)), name="sequence")
+    """Input `sequence` float32 `[B, num_vectors, vector_dim + 3 * ids]`, output logits over the `ids` (`id_width`).
+    The recurrent core is unrolled over the fixed sequence length (TFLite builtin ops, dynamic batch); its weights
+    do not depend on that length, so a run resumes with another `data.num_vectors` of the same `id_width`."""
+    steps, ids = data_config.num_vectors, id_width(data_config)
+    sequence = keras.Input((steps, data_config.vector_dim + 3 * ids), name="sequence")
     if model_config.type == "rn":
         if model_config.input_mlp_units or model_config.input_norm:
             raise ConfigError("model.input_mlp_units and model.input_norm are for the recurrent models (rmc, lstm); "
                               "the rn reads the vectors as they are.")
-        width = data_config.vector_dim + data_config.num_vectors
+        width = data_config.vector_dim + ids
         objects, question = sequence[:, :, :width], sequence[:, 0, width:]  # the question is on every step
-        logits = RelationModule(model_config.g_units, list(model_config.mlp_units) + [data_config.num_vectors],
+        logits = RelationModule(model_config.g_units, list(model_config.mlp_units) + [ids],
                                 name="relation_module")(objects, question=question)
         return logits_model({"sequence": sequence}, logits, "nth_farthest_rn")
     steps_in = mlp(sequence, model_config.input_mlp_units, "input_mlp")
@@ -67,7 +81,7 @@ def build_model(model_config, data_config):
         h = keras.layers.RNN(relational_memory(model_config), unroll=True, name="rmc")(steps_in)
     else:
         h = keras.layers.LSTM(model_config.lstm_units, unroll=True, name="lstm")(steps_in)
-    logits = keras.layers.Dense(data_config.num_vectors, name="answer")(mlp(h, model_config.mlp_units, "mlp"))
+    logits = keras.layers.Dense(ids, name="answer")(mlp(h, model_config.mlp_units, "mlp"))
     return logits_model({"sequence": sequence}, logits, f"nth_farthest_{model_config.type}")
 
 
@@ -83,7 +97,7 @@ class NthFarthest(Task):
         if split not in sizes:
             raise DataError(f"Unknown nth_farthest split {split!r}; expected train, val or test.")
         seed = {"train": seed, "val": d.val_seed, "test": d.test_seed}[split]
-        return nf.generate(sizes[split], seed, d.num_vectors, d.vector_dim)
+        return nf.generate(sizes[split], seed, d.num_vectors, d.vector_dim, id_width(d))
 
     def num_examples(self, config, split):
         return {"train": config.data.train_size, "val": config.data.val_size, "test": config.data.test_size}[split]
@@ -100,7 +114,7 @@ class NthFarthest(Task):
         return build_model(config.model, config.data)
 
     def answer_names(self, config):
-        return [f"vector {i}" for i in range(config.data.num_vectors)]
+        return [f"vector {i}" for i in range(id_width(config.data))]
 
     def paper_results(self, config):
         """The RRNN paper's 91% is for the RMC on 8 vectors of 16 dims: no reference for other instances."""
