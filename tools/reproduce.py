@@ -145,7 +145,7 @@ REPRODUCTIONS = {
     "nth_farthest_curriculum": ("test", [
         ("RMC, curriculum 4 -> 6 -> 8", "configs/nth_farthest.yaml", "runs/nf_curriculum_rmc", _CURRICULUM),
         ("LSTM, curriculum 4 -> 6 -> 8", "configs/nth_farthest_lstm.yaml", "runs/nf_curriculum_lstm", _CURRICULUM),
-        *[(f"{label}, 8 vectors throughout (session 20)", *rest) for label, *rest in _nth_farthest_pair(8, 2, "nf8d2")]]),
+        *[(f"{label}, no curriculum", *rest) for label, *rest in _nth_farthest_pair(8, 2, "nf8d2")]]),
 }
 
 # Reproductions that compare models by wall-clock time (an equal budget, or a longer one for the model behind):
