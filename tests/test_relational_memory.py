@@ -116,7 +116,7 @@ def test_numpy_integer_arguments_give_a_plain_config():
 
 
 @pytest.mark.parametrize("max_vectors", [None, 11])
-def test_nth_farthest_answers_by_independent_computation_with_ids_of_any_width(max_vectors):
+def test_nth_farthest_answers_by_independent_computation(max_vectors):
     """Answers and inputs recomputed one sample at a time; with `max_vectors` larger than the number of vectors the
     ids are distinct, drawn from the wider range, and cover all of it over the samples."""
     width = max_vectors or 6
@@ -134,6 +134,7 @@ def test_nth_farthest_answers_by_independent_computation_with_ids_of_any_width(m
             one_hots = row[3:].reshape(3, width)
             np.testing.assert_array_equal(one_hots.sum(-1), [1, 1, 1])
             assert one_hots[0, ids[k]] == 1 and one_hots[1, ids[m]] == 1 and one_hots[2, n - 1] == 1
+    assert all(sorted(order) == list(range(6)) for order in data["order"])  # every vector shown once
     if max_vectors is None:
         np.testing.assert_array_equal(data["ids"], np.broadcast_to(np.arange(6), (300, 6)))
     else:
@@ -141,6 +142,10 @@ def test_nth_farthest_answers_by_independent_computation_with_ids_of_any_width(m
         same = nf.generate(300, seed=5, num_vectors=6, vector_dim=3)  # the same scenes, only the ids differ
         np.testing.assert_array_equal(same["vectors"], data["vectors"])
         np.testing.assert_array_equal(same["rank"], data["rank"])
+    again = nf.generate(300, seed=5, num_vectors=6, vector_dim=3, max_vectors=max_vectors)  # seeded: the same
+    np.testing.assert_array_equal(again["inputs"], data["inputs"])
+    np.testing.assert_array_equal(again["answers"], data["answers"])
+    assert nf.generate(2, seed=0)["inputs"].shape == (2, 8, 16 + 3 * 8)  # the paper's instance by default
     with pytest.raises(ValueError, match="max_vectors"):
         nf.generate(2, seed=0, num_vectors=6, max_vectors=5)
 
@@ -162,29 +167,13 @@ def test_nth_farthest_curriculum_resumes_on_more_vectors(tmp_path):
     assert model.input_shape == (None, 5, 2 + 15) and model.output_shape == (None, 5)
     refused = run_tool("train", *args, "--set", "data.num_vectors=6", "--set", "train.epochs=3")
     assert refused.returncode != 0 and "data.max_vectors (5) must be at least data.num_vectors (6)" in refused.stderr
+    assert config_lib.load(os.path.join(run_dir, "config.yaml")).data.num_vectors == 5  # the run is left as it was
     from relation_networks.config import ConfigError
     from relation_networks.tasks.nth_farthest import build_model
 
     config = config_lib.load("configs/nth_farthest.yaml", ["data.max_vectors=0"])
     with pytest.raises(ConfigError, match="max_vectors"):
         build_model(config.model, config.data)
-
-
-def test_nth_farthest_answers_by_independent_computation():
-    data = nf.generate(200, seed=5)
-    assert data["inputs"].shape == (200, 8, 16 + 24)
-    for i in range(200):
-        m, n = data["reference"][i], data["rank"][i]
-        d = {k: float(np.sqrt(((data["vectors"][i, k] - data["vectors"][i, m]) ** 2).sum())) for k in range(8) if k != m}
-        ranked = sorted(d, key=d.get, reverse=True)
-        assert data["answers"][i] == ranked[n - 1]
-        for t in range(8):  # step t shows vector order[t] with its id, plus the question
-            row = data["inputs"][i, t]
-            k = data["order"][i, t]
-            np.testing.assert_array_equal(row[:16], data["vectors"][i, k])
-            assert row[16 + k] == 1 and row[24 + m] == 1 and row[32 + n - 1] == 1
-    assert set(data["order"][0]) == set(range(8))
-    np.testing.assert_array_equal(nf.generate(10, seed=5)["inputs"], nf.generate(10, seed=5)["inputs"])
 
 
 @pytest.mark.parametrize("config, extra", [("nth_farthest", ["model.input_mlp_units=[16]", "model.input_norm=true",
