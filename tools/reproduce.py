@@ -145,6 +145,11 @@ REPRODUCTIONS = {
     "nth_farthest_curriculum": ("test", [
         ("RMC, curriculum 4 -> 6 -> 8", "configs/nth_farthest.yaml", "runs/nf_curriculum_rmc", _CURRICULUM),
         ("LSTM, curriculum 4 -> 6 -> 8", "configs/nth_farthest_lstm.yaml", "runs/nf_curriculum_lstm", _CURRICULUM),
+        # copies of the two run directories, resumed on 8 vectors up to 118 minutes of training
+        ("RMC, curriculum, 118 min", "configs/nth_farthest.yaml", "runs/nf_curriculum_rmc118",
+         _CURRICULUM + [_replacing(_CURRICULUM[-1], train__time_limit_minutes=118)]),
+        ("LSTM, curriculum, 118 min", "configs/nth_farthest_lstm.yaml", "runs/nf_curriculum_lstm118",
+         _CURRICULUM + [_replacing(_CURRICULUM[-1], train__time_limit_minutes=118)]),
         *[(f"{label}, no curriculum", *rest) for label, *rest in _nth_farthest_pair(8, 2, "nf8d2")]]),
 }
 
