@@ -68,6 +68,8 @@ _SIX_QKV = _nth_farthest_overrides(6, 2, 22) + ["model.qkv_norm=true"]
 # dims up to 30 minutes of training, 6 up to 60, 8 up to 100 -- the budget of session 20's 8 x 2 runs.
 _CURRICULUM = [_nth_farthest_overrides(num_vectors, 2, minutes) + ["data.max_vectors=8"]
                for num_vectors, minutes in ((4, 30), (6, 60), (8, 100))]
+# copies of those run directories, resumed on 8 vectors up to 118 minutes of training
+_CURRICULUM_118 = _CURRICULUM + [_replacing(_CURRICULUM[-1], train__time_limit_minutes=118)]
 
 # task -> (split to report, [(label, config, run directory[, --set overrides of that run])]); the overrides may also
 # be a list of stages (lists of overrides), trained one after the other in the same run directory (each resumes
@@ -145,11 +147,8 @@ REPRODUCTIONS = {
     "nth_farthest_curriculum": ("test", [
         ("RMC, curriculum 4 -> 6 -> 8", "configs/nth_farthest.yaml", "runs/nf_curriculum_rmc", _CURRICULUM),
         ("LSTM, curriculum 4 -> 6 -> 8", "configs/nth_farthest_lstm.yaml", "runs/nf_curriculum_lstm", _CURRICULUM),
-        # copies of the two run directories, resumed on 8 vectors up to 118 minutes of training
-        ("RMC, curriculum, 118 min", "configs/nth_farthest.yaml", "runs/nf_curriculum_rmc118",
-         _CURRICULUM + [_replacing(_CURRICULUM[-1], train__time_limit_minutes=118)]),
-        ("LSTM, curriculum, 118 min", "configs/nth_farthest_lstm.yaml", "runs/nf_curriculum_lstm118",
-         _CURRICULUM + [_replacing(_CURRICULUM[-1], train__time_limit_minutes=118)]),
+        ("RMC, curriculum, 118 min", "configs/nth_farthest.yaml", "runs/nf_curriculum_rmc118", _CURRICULUM_118),
+        ("LSTM, curriculum, 118 min", "configs/nth_farthest_lstm.yaml", "runs/nf_curriculum_lstm118", _CURRICULUM_118),
         *[(f"{label}, no curriculum", *rest) for label, *rest in _nth_farthest_pair(8, 2, "nf8d2")]]),
 }
 

@@ -13,8 +13,16 @@ seen every id of, the larger instance (a curriculum over the number of vectors).
 import numpy as np
 
 
+def id_width(num_vectors, max_vectors=None):
+    """Width of the id, reference and rank one-hots: `max_vectors`, or `num_vectors` if it is None."""
+    width = num_vectors if max_vectors is None else max_vectors
+    if width < num_vectors:
+        raise ValueError(f"max_vectors ({max_vectors}) must be at least num_vectors ({num_vectors}).")
+    return width
+
+
 def input_dim(num_vectors, vector_dim, max_vectors=None):
-    return vector_dim + 3 * (num_vectors if max_vectors is None else max_vectors)
+    return vector_dim + 3 * id_width(num_vectors, max_vectors)
 
 
 def _by_distance(vectors, reference):
@@ -34,9 +42,7 @@ def generate(num_samples, seed, num_vectors=8, vector_dim=16, max_vectors=None):
     of the vector shown at each time step)."""
     if num_vectors < 2:
         raise ValueError("num_vectors must be at least 2.")
-    width = num_vectors if max_vectors is None else max_vectors
-    if width < num_vectors:
-        raise ValueError(f"max_vectors ({max_vectors}) must be at least num_vectors ({num_vectors}).")
+    width = id_width(num_vectors, max_vectors)
     rng = np.random.default_rng(seed)
     vectors = rng.uniform(-1.0, 1.0, size=(num_samples, num_vectors, vector_dim)).astype(np.float32)
     reference = rng.integers(0, num_vectors, size=num_samples)
@@ -90,8 +96,7 @@ def sub_task(target, num_samples, seed, num_vectors=8, vector_dim=16, max_vector
         labels = d["vectors"][rows, d["reference"], 0] > 0
     elif target == "farthest":
         labels = d["ids"][rows, _by_distance(d["vectors"], d["reference"])[:, 0]]
-        width = (inputs.shape[-1] - vector_dim) // 3  # id, reference and rank one-hots, in this order
-        rank_column = vector_dim + 2 * width
+        rank_column = vector_dim + 2 * id_width(num_vectors, max_vectors)  # after the id and reference one-hots
         inputs = inputs.copy()
         inputs[..., rank_column:] = 0.0
         inputs[..., rank_column] = 1.0

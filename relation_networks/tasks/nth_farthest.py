@@ -64,7 +64,7 @@ def build_model(model_config, data_config):
     The recurrent core is unrolled over the fixed sequence length (TFLite builtin ops, dynamic batch); its weights
     do not depend on that length, so a run resumes with another `data.num_vectors` of the same `id_width`."""
     steps, ids = data_config.num_vectors, id_width(data_config)
-    sequence = keras.Input((steps, data_config.vector_dim + 3 * ids), name="sequence")
+    sequence = keras.Input((steps, nf.input_dim(steps, data_config.vector_dim, ids)), name="sequence")
     if model_config.type == "rn":
         if model_config.input_mlp_units or model_config.input_norm:
             raise ConfigError("model.input_mlp_units and model.input_norm are for the recurrent models (rmc, lstm); "
