@@ -49,6 +49,12 @@ def _replacing(overrides, **values):
     return replaced + [f"{key}={value}" for key, value in values.items()]
 
 
+# Session 21's counter (the session-10 context stage at Adam 1e-3, 56 epochs), then the same run stretched to 104
+_LR_1E3_COUNT = [_replacing(_SMALL_COUNT, train__learning_rate="1e-3", train__epochs=epochs,
+                            train__time_limit_minutes=minutes) + ["model.context_units=32"]
+                 for epochs, minutes in ((56, 108), (104, 212))]
+
+
 def _nth_farthest_overrides(num_vectors, vector_dim, minutes):
     """The nth-farthest recipe of sessions 19-21: one instance, the input MLP + input norm, Adam 3e-4, a time limit."""
     return [f"data.num_vectors={num_vectors}", f"data.vector_dim={vector_dim}", "model.input_mlp_units=[256,256]",
@@ -122,8 +128,10 @@ REPRODUCTIONS = {
         # Session 21: the session-10 context stage at Adam 1e-3 instead of 3e-4, 56 epochs
         ("RN + context stage, Adam 1e-3, g 4 x 256, augmented", "configs/physics_count.yaml",
          "runs/physics_count_context_lr1e-3",
-         _replacing(_SMALL_COUNT, train__learning_rate="1e-3", train__epochs=56, train__time_limit_minutes=108)
-         + ["model.context_units=32"])]),
+         _LR_1E3_COUNT[0]),
+        # Session 23: a copy of that run resumed with its cosine schedule stretched to 104 epochs (a warm restart)
+        ("RN + context stage, Adam 1e-3, 104 epochs", "configs/physics_count.yaml",
+         "runs/physics_count_context_lr1e-3_104", _LR_1E3_COUNT)]),
     "nth_farthest": ("test", [("RMC", "configs/nth_farthest.yaml", "runs/nth_farthest"),
                               ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm"),
                               ("RN (all vectors at once)", "configs/nth_farthest.yaml", "runs/nth_farthest_rn",
@@ -149,6 +157,11 @@ REPRODUCTIONS = {
         ("LSTM, curriculum 4 -> 6 -> 8", "configs/nth_farthest_lstm.yaml", "runs/nf_curriculum_lstm", _CURRICULUM),
         ("RMC, curriculum, 118 min", "configs/nth_farthest.yaml", "runs/nf_curriculum_rmc118", _CURRICULUM_118),
         ("LSTM, curriculum, 118 min", "configs/nth_farthest_lstm.yaml", "runs/nf_curriculum_lstm118", _CURRICULUM_118),
+        # Session 23: an LSTM with the RMC's number of parameters (296 units: 655k in the core, the RMC's 659k);
+        # its steps are so fast that 100 epochs would end before the last stage's minutes do
+        ("LSTM, 296 units, curriculum 4 -> 6 -> 8", "configs/nth_farthest_lstm.yaml", "runs/nf_curriculum_lstm296",
+         [stage + ["model.lstm_units=296"]
+          for stage in _CURRICULUM[:2] + [_replacing(_CURRICULUM[2], train__epochs=150)]]),
         *[(f"{label}, no curriculum", *rest) for label, *rest in _nth_farthest_pair(8, 2, "nf8d2")]]),
 }
 
