@@ -120,7 +120,7 @@ def babi_dir(tmp_path_factory):
 def babi_run(babi_dir, tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("babi_run") / "run")
     sets = [f"data.dir={babi_dir}", "data.tasks=[1,6]", "model.g_units=[16,16]", "model.f_units=[16]",
-            "train.epochs=2", "train.batch_size=16", "train.precision=float32", f"run_dir={run_dir}"]
+            "data.length_window=2", "train.epochs=2", "train.batch_size=16", "train.precision=float32", f"run_dir={run_dir}"]
     args = ["--config", "configs/babi.yaml"] + [a for s in sets for a in ("--set", s)]
     result = run_tool("train", *args)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -162,6 +162,51 @@ def test_export_round_trip_and_evaluate_exported_model(babi_run, babi_dir, tmp_p
     predicted = run_tool("predict", "--model", model_dir, "--input", os.path.join(model_dir, "example_request.json"))
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert json.loads(predicted.stdout)["predictions"][0]["answer"] in signature["answers"]
+
+
+def test_trimmed_objects_give_the_same_answers():
+    """`model.trim`: the RN sees only the slots up to the last one present in the batch, and answers the same."""
+    import keras
+
+    from relation_networks.tasks.babi import BabiData, BabiModel, build_model
+
+    vocab = babi.Vocabulary(words=[babi.PAD, babi.UNK] + [f"w{i}" for i in range(10)], answers=["a", "b", "c"])
+    data = BabiData(max_sentences=6, sentence_length=4, question_length=3)
+    small = dict(embedding_dim=8, sentence_lstm=8, question_lstm=8, g_units=[16, 16], f_units=[16])
+    full = build_model(BabiModel(trim=False, **small), data, vocab)
+    trimmed = build_model(BabiModel(trim=True, **small), data, vocab)
+    trimmed.set_weights(full.get_weights())
+    rng = np.random.default_rng(0)
+    context = rng.integers(1, 12, (3, 6, 4)).astype("int32")
+    context[:, 4:] = 0  # slots 4 and 5 absent everywhere
+    context[0, 1] = 0  # a gap inside a story: still masked, not cut
+    context[1, 3:] = 0
+    features = {"context": context, "question": rng.integers(1, 12, (3, 3)).astype("int32")}
+    np.testing.assert_allclose(trimmed(features).numpy(), full(features).numpy(), rtol=1e-5, atol=1e-5)
+    objects = keras.Model(trimmed.inputs, trimmed.get_layer("sentence_objects").output[0])(features)
+    assert objects.shape == (3, 4, 8 + 6)  # four slots kept, each still tagged with one of six positions
+    empty = {"context": np.zeros_like(context), "question": features["question"]}
+    np.testing.assert_allclose(trimmed(empty).numpy(), full(empty).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_length_grouped_batches():
+    from relation_networks.tasks.babi import length_grouped_order, story_lengths
+
+    context = np.zeros((4, 5, 2), np.int32)
+    context[0, :2, 1], context[1, 4, 0], context[2, 0, 0] = 1, 2, 3  # slot 4 present after a gap
+    assert list(story_lengths(context)) == [2, 5, 1, 0]
+
+    lengths = np.random.default_rng(1).integers(1, 21, 1000)
+    candidates = np.arange(0, 1000, 2)[::-1]  # e.g. the questions with a known answer
+    order = length_grouped_order(lengths, candidates, batch_size=16, window=4, seed=3)
+    assert sorted(order) == sorted(candidates)
+    np.testing.assert_array_equal(order, length_grouped_order(lengths, candidates, 16, 4, seed=3))
+    assert not np.array_equal(order, length_grouped_order(lengths, candidates, 16, 4, seed=4))
+    batches = order[: len(order) // 16 * 16].reshape(-1, 16)
+    assert all((np.diff(lengths[b]) >= 0).all() for b in batches)  # each batch a run of one sorted window
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    shuffled = np.random.default_rng(3).permutation(candidates)[: batches.size].reshape(-1, 16)
+    assert spread < 0.5 * np.mean([np.ptp(lengths[b]) for b in shuffled])
 
 
 def test_missing_data_directory_is_one_clear_error(tmp_path):

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from relation_networks import tasks
-from relation_networks.config import choice
+from relation_networks.config import ConfigError, choice
 from relation_networks.data import babi
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
@@ -41,6 +41,10 @@ class BabiData:
     max_sentences: int = 20
     sentence_length: int = 12
     question_length: int = 12
+    # Training batches of similar story lengths (0 = plain shuffle): each epoch's shuffled questions are cut into
+    # windows of `length_window` batches, sorted by their number of sentences within a window, and the batches
+    # are shuffled. With `model.trim` a batch then costs what its longest story needs, not `max_sentences`.
+    length_window: int = 0
 
 
 @dataclasses.dataclass
@@ -56,6 +60,9 @@ class BabiModel(RelationalMemorySettings):
     f_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256, 512])  # + linear answer logits
     dropout: float = 0.0
     aggregation: str = choice("sum", POOLED_AGGREGATIONS)
+    # RN only: objects stop at the last sentence slot present in the batch (`SentenceObjects(trim=True)`): the
+    # same outputs, with k^2 pairs for a batch whose longest story has k sentences instead of max_sentences^2.
+    trim: bool = True
 
 
 def build_model(model_config, data_config, vocab):
@@ -70,7 +77,8 @@ def build_model(model_config, data_config, vocab):
     context = keras.Input((data_config.max_sentences, data_config.sentence_length), dtype="int32", name="context")
     question = keras.Input((data_config.question_length,), dtype="int32", name="question")
     objects, object_mask = SentenceObjects(
-        len(vocab.words), model_config.embedding_dim, model_config.sentence_lstm, name="sentence_objects"
+        len(vocab.words), model_config.embedding_dim, model_config.sentence_lstm,
+        trim=model_config.trim and model_config.type == "rn", name="sentence_objects",
     )(context)
     embedded = keras.layers.Embedding(len(vocab.words), model_config.embedding_dim, name="question_embedding")(question)
     q = keras.layers.LSTM(model_config.question_lstm, unroll=True, name="question_lstm")(embedded)
@@ -86,6 +94,27 @@ def build_model(model_config, data_config, vocab):
         aggregation=model_config.aggregation, name="relation_module",
     )(objects, question=q, object_mask=object_mask)
     return logits_model({"context": context, "question": question}, logits, "babi_rn")
+
+
+def story_lengths(context):
+    """One past the last sentence slot present in each example of a `[n, sentences, length]` context array."""
+    present = (context != 0).any(axis=-1)
+    return np.where(present.any(axis=-1), present.shape[1] - np.argmax(present[:, ::-1], axis=-1), 0)
+
+
+def length_grouped_order(lengths, candidates, batch_size, window, seed):
+    """A permutation of `candidates` (indices into `lengths`) whose consecutive runs of `batch_size` are batches of
+    similar length: shuffled (seeded), cut into windows of `window` batches, sorted by length within a window,
+    and the whole batches shuffled; a final partial batch stays last (the trainer drops it)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(candidates)
+    span = window * batch_size
+    order = np.concatenate([
+        chunk[np.argsort(lengths[chunk], kind="stable")] for chunk in np.split(order, range(span, len(order), span))
+    ])
+    full = len(order) // batch_size
+    batches = order[: full * batch_size].reshape(full, batch_size)[rng.permutation(full)]
+    return np.concatenate([batches.reshape(-1), order[full * batch_size :]])
 
 
 @functools.lru_cache(maxsize=8)
@@ -150,6 +179,22 @@ class Babi(Task):
             ds = ds.shuffle(len(arrays["answer"]), seed=seed, reshuffle_each_iteration=False)
         ds = self.shard(ds, input_context)
         return ds
+
+    def training_dataset(self, config, *, seed=0, input_context=None):
+        window = config.data.length_window
+        if window < 0:
+            raise ConfigError(f"data.length_window must be 0 (off) or a number of batches, got {window}.")
+        if not window or not config.train.shuffle:
+            return super().training_dataset(config, seed=seed, input_context=input_context)
+        arrays = self.encoded(config, "train")
+        order = length_grouped_order(
+            story_lengths(arrays["context"]), np.flatnonzero(arrays["answer"] >= 0), config.train.batch_size, window, seed
+        )
+        ds = tf.data.Dataset.from_tensor_slices(
+            ({"context": arrays["context"][order], "question": arrays["question"][order]}, arrays["answer"][order])
+        )
+        # Element-wise sharding keeps each global batch's questions together: a pipeline's batch is its share of one.
+        return self.shard(ds, input_context)
 
     def build_model(self, config):
         return build_model(config.model, config.data, self.vocabulary(config))
