@@ -209,6 +209,28 @@ def test_length_grouped_batches():
     assert spread < 0.5 * np.mean([np.ptp(lengths[b]) for b in shuffled])
 
 
+def test_predictions_in_length_order_come_back_in_split_order(babi_run):
+    from relation_networks import config as config_lib
+    from relation_networks import tasks
+    from relation_networks.tasks.base import Task
+
+    config = config_lib.load(os.path.join(babi_run[0], "config.yaml"))
+    task = tasks.get("babi")
+    batch_sizes = []
+
+    def predict(features):  # a function of each question alone, as a model's logits are
+        batch_sizes.append(len(features["question"]))
+        return np.stack([features["context"].sum(axis=(1, 2)), features["question"][:, -1]], axis=-1)
+
+    features, labels, logits = task.predictions(predict, config, "val", batch_size=7)
+    reference = Task.predictions(task, predict, config, "val", batch_size=7)
+    for name in ("context", "question"):
+        np.testing.assert_array_equal(features[name], reference[0][name])
+    np.testing.assert_array_equal(labels, reference[1])
+    np.testing.assert_array_equal(logits, reference[2])
+    assert max(batch_sizes) == 7 and sum(batch_sizes) == 2 * len(labels)
+
+
 def test_missing_data_directory_is_one_clear_error(tmp_path):
     result = run_tool("train", "--config", "configs/babi.yaml", "--set", f"data.dir={tmp_path}/none",
                       "--set", f"run_dir={tmp_path}/run")

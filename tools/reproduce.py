@@ -77,6 +77,8 @@ _CURRICULUM = [_nth_farthest_overrides(num_vectors, 2, minutes) + ["data.max_vec
 # copies of those run directories, resumed on 8 vectors up to 118 minutes of training
 _CURRICULUM_118 = _CURRICULUM + [_replacing(_CURRICULUM[-1], train__time_limit_minutes=118)]
 
+_BABI = ["train.time_limit_minutes=100", "train.keep_best=accuracy"]
+
 # task -> (split to report, [(label, config, run directory[, --set overrides of that run])]); the overrides may also
 # be a list of stages (lists of overrides), trained one after the other in the same run directory (each resumes
 # the previous), e.g. a constant learning rate first and then a cosine decay from where it stopped.
@@ -87,7 +89,12 @@ REPRODUCTIONS = {
     "sort_of_clevr": ("test", [("CNN+RN", "configs/sort_of_clevr.yaml", "runs/soc_rn_c24_g64_2core_decay"),
                                ("CNN+MLP", "configs/sort_of_clevr_mlp.yaml", "runs/soc_mlp_c24_g64_coords",
                                 ["model.input_coordinates=true"])]),
-    "babi": ("val", [("RN (joint, 20 tasks)", "configs/babi.yaml", "runs/babi")]),
+    # Session 24: batches of similar story lengths with trimmed objects (configs/babi.yaml), 100 minutes on one
+    # core each: the paper's Adam 2e-4, and 5e-4 with a cosine decay nearly over (45,000 steps; 100 minutes reach ~40,000)
+    "babi": ("val", [("RN, Adam 2e-4 (paper)", "configs/babi.yaml", "runs/babi_length50", _BABI),
+                     ("RN, Adam 5e-4, cosine", "configs/babi.yaml", "runs/babi_length50_cos5e-4",
+                      _BABI + ["train.learning_rate=5e-4", "train.lr_schedule=cosine", "train.warmup_steps=500",
+                               "train.epochs=18", "train.lr_schedule_steps=45000"])]),
     "physics_connections": ("test", [
         ("RN, per-pair read-out, then cosine decay, best by validation", "configs/physics_connections.yaml",
          "runs/physics_connections_pairs_anneal",

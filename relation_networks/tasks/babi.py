@@ -214,6 +214,22 @@ class Babi(Task):
     def paper_results(self, config):
         return dict(PAPER) if config.model.type == "rn" else {}
 
+    def predictions(self, predict_fn, config, split, batch_size):
+        """As `Task.predictions`, but the questions go through `predict_fn` in order of story length, so that a
+        batch costs what its own stories need (`model.trim`); everything is returned in the split's order."""
+        arrays = self.encoded(config, split)
+        if not len(arrays["answer"]):
+            raise ValueError(f"Split {split!r} of task {self.name!r} is empty.")
+        features = {"context": arrays["context"], "question": arrays["question"]}
+        order = np.argsort(story_lengths(arrays["context"]), kind="stable")
+        logits = np.concatenate([
+            np.asarray(predict_fn({name: values[batch] for name, values in features.items()}))
+            for batch in np.split(order, range(batch_size, len(order), batch_size))
+        ])
+        in_split_order = np.empty_like(logits)
+        in_split_order[order] = logits
+        return features, arrays["answer"], in_split_order
+
     def evaluate(self, predict_fn, config, split, batch_size=256):
         features, labels, logits = self.predictions(predict_fn, config, split, batch_size)
         tasks_of = self.encoded(config, split)["task"]
