@@ -231,6 +231,34 @@ def test_predictions_in_length_order_come_back_in_split_order(babi_run):
     assert max(batch_sizes) == 7 and sum(batch_sizes) == 2 * len(labels)
 
 
+def test_length_grouped_training_data_shards_by_global_batch(babi_dir, tmp_path):
+    """Each worker's batch is its share of one global batch of similar story lengths; the shards are disjoint."""
+    import tensorflow as tf
+
+    from relation_networks import config as config_lib
+    from relation_networks import tasks
+    from relation_networks.tasks.babi import story_lengths
+
+    sets = [f"data.dir={babi_dir}", "data.tasks=[1,6]", "data.length_window=3", "train.batch_size=4",
+            f"run_dir={tmp_path / 'run'}"]
+    config = config_lib.load("configs/babi.yaml", overrides=sets)
+    task = tasks.get("babi")
+    arrays = task.encoded(config, "train")  # cached per config and run directory: this test's own copy
+    rng = np.random.default_rng(0)
+    for story in arrays["context"]:  # stories of 1 to 3 sentences, so that lengths differ
+        story[rng.integers(1, 4):] = 0
+    shards = []
+    for worker in range(2):
+        ds = task.training_dataset(config, seed=5, input_context=tf.distribute.InputContext(2, worker, 2))
+        shards.append([(f["context"], f["question"]) for f, _ in ds.as_numpy_iterator()])
+    keys = [(c.tobytes(), q.tobytes()) for shard in shards for c, q in shard]
+    assert sorted(keys) == sorted((c.tobytes(), q.tobytes()) for c, q in zip(arrays["context"], arrays["question"]))
+    lengths = [story_lengths(np.stack([c for c, _ in shard])) for shard in shards]
+    for step in range(len(arrays["answer"]) // 8):  # global batch `step`: 4 questions of each worker, sorted
+        merged = np.stack([lengths[0][4 * step : 4 * step + 4], lengths[1][4 * step : 4 * step + 4]], 1).reshape(-1)
+        assert (np.diff(merged) >= 0).all()
+
+
 def test_missing_data_directory_is_one_clear_error(tmp_path):
     result = run_tool("train", "--config", "configs/babi.yaml", "--set", f"data.dir={tmp_path}/none",
                       "--set", f"run_dir={tmp_path}/run")

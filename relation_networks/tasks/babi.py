@@ -187,13 +187,15 @@ class Babi(Task):
         if not window or not config.train.shuffle:
             return super().training_dataset(config, seed=seed, input_context=input_context)
         arrays = self.encoded(config, "train")
+        pipelines = input_context.num_input_pipelines if input_context is not None else 1
+        global_batch = config.train.batch_size * pipelines  # train.batch_size is per worker
         order = length_grouped_order(
-            story_lengths(arrays["context"]), np.flatnonzero(arrays["answer"] >= 0), config.train.batch_size, window, seed
+            story_lengths(arrays["context"]), np.flatnonzero(arrays["answer"] >= 0), global_batch, window, seed
         )
         ds = tf.data.Dataset.from_tensor_slices(
             ({"context": arrays["context"][order], "question": arrays["question"][order]}, arrays["answer"][order])
         )
-        # Element-wise sharding keeps each global batch's questions together: a pipeline's batch is its share of one.
+        # Element-wise sharding keeps each global batch's questions together: a worker's batch is its share of one.
         return self.shard(ds, input_context)
 
     def build_model(self, config):
