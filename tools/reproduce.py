@@ -175,7 +175,7 @@ REPRODUCTIONS = {
 # Reproductions that compare models by wall-clock time (an equal budget, or a longer one for the model behind):
 # their section also plots every run's validation accuracy against its minutes of training.
 EQUAL_TIME = {"nth_farthest_4x2", "nth_farthest_8x2", "nth_farthest_6x2", "nth_farthest_6x2_qkv_norm",
-              "nth_farthest_curriculum"}
+              "nth_farthest_curriculum", "babi"}
 
 
 FLAGS = flags.FLAGS
