@@ -120,7 +120,8 @@ def babi_dir(tmp_path_factory):
 def babi_run(babi_dir, tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("babi_run") / "run")
     sets = [f"data.dir={babi_dir}", "data.tasks=[1,6]", "model.g_units=[16,16]", "model.f_units=[16]",
-            "data.length_window=2", "train.epochs=2", "train.batch_size=16", "train.precision=float32", f"run_dir={run_dir}"]
+            "data.length_window=2", "train.epochs=2", "train.batch_size=16", "train.precision=float32",
+            f"run_dir={run_dir}"]
     args = ["--config", "configs/babi.yaml"] + [a for s in sets for a in ("--set", s)]
     result = run_tool("train", *args)
     assert result.returncode == 0, result.stderr[-3000:]

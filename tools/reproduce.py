@@ -90,7 +90,8 @@ REPRODUCTIONS = {
                                ("CNN+MLP", "configs/sort_of_clevr_mlp.yaml", "runs/soc_mlp_c24_g64_coords",
                                 ["model.input_coordinates=true"])]),
     # Session 24: batches of similar story lengths with trimmed objects (configs/babi.yaml), 100 minutes on one
-    # core each: the paper's Adam 2e-4, and 5e-4 with a cosine decay nearly over (45,000 steps; 100 minutes reach ~40,000)
+    # core each: the paper's Adam 2e-4, and 5e-4 with a cosine decay nearly over when the time limit stops it
+    # (45,000 steps; 100 minutes reach ~40,600)
     "babi": ("val", [("RN, Adam 2e-4 (paper)", "configs/babi.yaml", "runs/babi_length50", _BABI),
                      ("RN, Adam 5e-4, cosine", "configs/babi.yaml", "runs/babi_length50_cos5e-4",
                       _BABI + ["train.learning_rate=5e-4", "train.lr_schedule=cosine", "train.warmup_steps=500",

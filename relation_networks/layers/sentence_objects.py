@@ -67,5 +67,6 @@ class SentenceObjects(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(vocab_size=self.vocab_size, embedding_dim=self.embedding_dim, units=self.units, unroll=self.unroll, trim=self.trim)
+        config.update(vocab_size=self.vocab_size, embedding_dim=self.embedding_dim, units=self.units,
+                      unroll=self.unroll, trim=self.trim)
         return config
