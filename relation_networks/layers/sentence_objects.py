@@ -49,15 +49,15 @@ class SentenceObjects(keras.layers.Layer):
     def call(self, context):
         sentences, length = context.shape[1], context.shape[2]
         present = ops.any(ops.not_equal(context, 0), axis=-1)  # [B, S]
-        positions = ops.eye(sentences, dtype=self.compute_dtype)
         if self.trim:
             slots = ops.arange(1, sentences + 1, dtype="int32")
             k = ops.maximum(ops.max(ops.where(ops.any(present, axis=0), slots, ops.zeros_like(slots))), 1)
-            context, present, positions = context[:, :k], present[:, :k], positions[:k]
+            context, present = context[:, :k], present[:, :k]
         rows = ops.shape(context)[1]
         flat = ops.reshape(context, (-1, length))
         states = ops.reshape(self.lstm(self.embedding(flat)), (-1, rows, self.units))
-        positions = ops.broadcast_to(ops.cast(positions, states.dtype)[None], (ops.shape(states)[0], rows, sentences))
+        positions = ops.eye(sentences, dtype=states.dtype)[:rows]  # the slots kept, each tagged among all S
+        positions = ops.broadcast_to(positions[None], (ops.shape(states)[0], rows, sentences))
         return ops.concatenate([states, positions], axis=-1), ops.cast(present, states.dtype)
 
     def compute_output_shape(self, context_shape):

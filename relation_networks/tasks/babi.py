@@ -96,6 +96,11 @@ def build_model(model_config, data_config, vocab):
     return logits_model({"context": context, "question": question}, logits, "babi_rn")
 
 
+def _examples(arrays, rows=slice(None)):
+    """`(features, answers)` of the given rows of `Babi.encoded` arrays, features keyed by the model's inputs."""
+    return {"context": arrays["context"][rows], "question": arrays["question"][rows]}, arrays["answer"][rows]
+
+
 def story_lengths(context):
     """One past the last sentence slot present in each example of a `[n, sentences, length]` context array."""
     present = (context != 0).any(axis=-1)
@@ -170,9 +175,7 @@ class Babi(Task):
 
     def dataset(self, config, split, *, training=False, shuffle=None, seed=0, input_context=None):
         arrays = self.encoded(config, split)
-        ds = tf.data.Dataset.from_tensor_slices(
-            ({"context": arrays["context"], "question": arrays["question"]}, arrays["answer"])
-        )
+        ds = tf.data.Dataset.from_tensor_slices(_examples(arrays))
         if training:  # answers outside the vocabulary cannot be trained on
             ds = ds.filter(lambda features, answer: answer >= 0)
         if training if shuffle is None else shuffle:
@@ -192,9 +195,7 @@ class Babi(Task):
         order = length_grouped_order(
             story_lengths(arrays["context"]), np.flatnonzero(arrays["answer"] >= 0), global_batch, window, seed
         )
-        ds = tf.data.Dataset.from_tensor_slices(
-            ({"context": arrays["context"][order], "question": arrays["question"][order]}, arrays["answer"][order])
-        )
+        ds = tf.data.Dataset.from_tensor_slices(_examples(arrays, order))
         # Element-wise sharding keeps each global batch's questions together: a worker's batch is its share of one.
         return self.shard(ds, input_context)
 
@@ -222,7 +223,7 @@ class Babi(Task):
         arrays = self.encoded(config, split)
         if not len(arrays["answer"]):
             raise ValueError(f"Split {split!r} of task {self.name!r} is empty.")
-        features = {"context": arrays["context"], "question": arrays["question"]}
+        features, answers = _examples(arrays)
         order = np.argsort(story_lengths(arrays["context"]), kind="stable")
         logits = np.concatenate([
             np.asarray(predict_fn({name: values[batch] for name, values in features.items()}))
@@ -230,7 +231,7 @@ class Babi(Task):
         ])
         in_split_order = np.empty_like(logits)
         in_split_order[order] = logits
-        return features, arrays["answer"], in_split_order
+        return features, answers, in_split_order
 
     def evaluate(self, predict_fn, config, split, batch_size=256):
         features, labels, logits = self.predictions(predict_fn, config, split, batch_size)
