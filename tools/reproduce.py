@@ -186,8 +186,8 @@ REPRODUCTIONS = {
         *[(f"{label}, no curriculum", *rest) for label, *rest in _nth_farthest_pair(8, 2, "nf8d2")]]),
 }
 
-# Reproductions that compare models by wall-clock time (an equal budget, or a longer one for the model behind):
-# their section also plots every run's validation accuracy against its minutes of training.
+# Reproductions that compare runs by wall-clock time (an equal budget, a longer one for the model behind, or a run
+# continued for longer): their section also plots every run's validation accuracy against its minutes of training.
 EQUAL_TIME = {"nth_farthest_4x2", "nth_farthest_8x2", "nth_farthest_6x2", "nth_farthest_6x2_qkv_norm",
               "nth_farthest_curriculum", "babi"}
 
