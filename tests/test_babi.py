@@ -190,6 +190,40 @@ def test_trimmed_objects_give_the_same_answers():
     np.testing.assert_allclose(trimmed(empty).numpy(), full(empty).numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_embedding_init_sets_the_scale_of_both_word_embeddings_and_survives_saving(tmp_path):
+    """`model.embedding_init`: N(0, 1) words for the sentence and the question LSTMs (Keras' default is
+    U(-0.05, 0.05)), both starting from the same draw, which makes the untrained sentence objects differ from one
+    sentence to the next."""
+    import keras
+
+    from relation_networks.tasks.babi import BabiData, BabiModel, build_model
+
+    vocab = babi.Vocabulary(words=[babi.PAD, babi.UNK] + [f"w{i}" for i in range(200)], answers=["a", "b"])
+    data = BabiData(max_sentences=5, sentence_length=4, question_length=3)
+    small = dict(embedding_dim=16, sentence_lstm=16, question_lstm=8, g_units=[16], f_units=[16])
+    models = {init: build_model(BabiModel(embedding_init=init, **small), data, vocab) for init in ("uniform", "normal")}
+    for init, expected_std in (("uniform", 0.1 / 12 ** 0.5), ("normal", 1.0)):
+        for layer in (models[init].get_layer("sentence_objects").embedding, models[init].get_layer("question_embedding")):
+            std = float(np.std(layer.embeddings.numpy()))
+            assert abs(std - expected_std) < 0.1 * expected_std, (init, layer.name, std)
+    words = [models["normal"].get_layer(name) for name in ("sentence_objects", "question_embedding")]
+    np.testing.assert_array_equal(words[0].embedding.embeddings.numpy(), words[1].embeddings.numpy())  # same start
+    context = np.random.default_rng(0).integers(1, 202, (8, 5, 4)).astype("int32")
+    spread = {}
+    for init, model in models.items():
+        objects = keras.Model(model.inputs, model.get_layer("sentence_objects").output[0])(
+            {"context": context, "question": context[:, 0, :3]}).numpy()[..., :16]
+        spread[init] = float(np.std(objects, axis=1).mean())
+    assert spread["normal"] > 10 * spread["uniform"], spread
+    path = str(tmp_path / "model.keras")
+    models["normal"].save(path)
+    restored = keras.models.load_model(path)
+    layer = restored.get_layer("sentence_objects")
+    assert isinstance(layer.embeddings_initializer, keras.initializers.RandomNormal)
+    np.testing.assert_allclose(layer.embedding.embeddings.numpy(),
+                               models["normal"].get_layer("sentence_objects").embedding.embeddings.numpy())
+
+
 def test_length_grouped_batches():
     from relation_networks.tasks.babi import length_grouped_order, story_lengths
 

@@ -14,6 +14,8 @@ class SentenceObjects(keras.layers.Layer):
         units: LSTM units.
         unroll: unroll the LSTM over the (fixed) sentence length. Unrolled LSTMs convert to TFLite builtin ops
             with a dynamic batch (a Keras 3 LSTM loop otherwise needs `tf.TensorListReserve`, a Flex op).
+        embeddings_initializer: initializer of the word embeddings (Keras' default `"uniform"` draws from
+            [-0.05, 0.05]; `keras.initializers.RandomNormal(stddev=1.0)` gives unit-scale words).
         trim: drop the trailing sentence slots that are absent in every example of the batch before encoding, so
             the objects are `[batch, k, units + sentences]` with `k` one past the last slot present anywhere in
             the batch (the position one-hot keeps its full width, so the weights do not depend on `k`). A model
@@ -30,14 +32,17 @@ class SentenceObjects(keras.layers.Layer):
         `k` rows instead of `sentences` with `trim`.
     """
 
-    def __init__(self, vocab_size, embedding_dim=32, units=32, unroll=True, trim=False, **kwargs):
+    def __init__(self, vocab_size, embedding_dim=32, units=32, unroll=True, trim=False,
+                 embeddings_initializer="uniform", **kwargs):
         super().__init__(**kwargs)
         for name, value in (("vocab_size", vocab_size), ("embedding_dim", embedding_dim), ("units", units)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Invalid value for argument {name}: expected a positive integer, got {value!r}.")
         self.vocab_size, self.embedding_dim, self.units, self.unroll = vocab_size, embedding_dim, units, bool(unroll)
         self.trim = bool(trim)
-        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding", dtype=self.dtype_policy)
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, embeddings_initializer=self.embeddings_initializer,
+                                                name="embedding", dtype=self.dtype_policy)
         self.lstm = keras.layers.LSTM(units, unroll=self.unroll, name="lstm", dtype=self.dtype_policy)
 
     def build(self, context_shape):
@@ -68,5 +73,6 @@ class SentenceObjects(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(vocab_size=self.vocab_size, embedding_dim=self.embedding_dim, units=self.units,
-                      unroll=self.unroll, trim=self.trim)
+                      unroll=self.unroll, trim=self.trim,
+                      embeddings_initializer=keras.initializers.serialize(self.embeddings_initializer))
         return config

@@ -54,6 +54,10 @@ class BabiModel(RelationalMemorySettings):
     # final memory (the RMC keys: RelationalMemorySettings).
     type: str = choice("rn", ("rn", "rmc"))
     embedding_dim: int = 32
+    # Initial word embeddings of the sentence and question LSTMs: "uniform" is Keras' default, U(-0.05, 0.05);
+    # "normal" is N(0, 1) (PyTorch's default scale), which makes the untrained sentence encodings differ from one
+    # sentence to the next -- without it qa19 (path finding) never leaves chance (docs/RESULTS.md, session 26).
+    embedding_init: str = choice("uniform", ("uniform", "normal"))
     sentence_lstm: int = 32
     question_lstm: int = 32
     g_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256] * 4)
@@ -76,11 +80,16 @@ def build_model(model_config, data_config, vocab):
     """
     context = keras.Input((data_config.max_sentences, data_config.sentence_length), dtype="int32", name="context")
     question = keras.Input((data_config.question_length,), dtype="int32", name="question")
+    # One unseeded Keras initializer instance draws the same values at each call: with "normal" a word starts as the
+    # same vector in the sentences and in the question (the two embeddings are trained apart from there).
+    initializer = keras.initializers.RandomNormal(stddev=1.0) if model_config.embedding_init == "normal" else "uniform"
     objects, object_mask = SentenceObjects(
         len(vocab.words), model_config.embedding_dim, model_config.sentence_lstm,
-        trim=model_config.trim and model_config.type == "rn", name="sentence_objects",
+        trim=model_config.trim and model_config.type == "rn", embeddings_initializer=initializer,
+        name="sentence_objects",
     )(context)
-    embedded = keras.layers.Embedding(len(vocab.words), model_config.embedding_dim, name="question_embedding")(question)
+    embedded = keras.layers.Embedding(len(vocab.words), model_config.embedding_dim, embeddings_initializer=initializer,
+                                      name="question_embedding")(question)
     q = keras.layers.LSTM(model_config.question_lstm, unroll=True, name="question_lstm")(embedded)
     if model_config.type == "rmc":
         steps = keras.layers.Concatenate(name="sentence_and_question")(
