@@ -81,13 +81,16 @@ _BABI = ["train.time_limit_minutes=100", "train.keep_best=accuracy"]
 # Session 24's better run: Adam 5e-4, warm-up and a cosine decay over 45,000 steps (100 minutes reach ~40,600)
 _BABI_COSINE = _BABI + ["train.learning_rate=5e-4", "train.lr_schedule=cosine", "train.warmup_steps=500",
                         "train.epochs=18", "train.lr_schedule_steps=45000"]
+# Sessions 24 and 25 ran before configs/babi.yaml's N(0, 1) word embeddings (session 26): Keras' uniform ones
+_UNIFORM_WORDS = ["model.embedding_init=uniform"]
 
 
 def _babi_restart(peak):
     """Session 25: copies of the session-24 cosine run resumed to 200 minutes with the cosine stretched to 82,000
     steps and peak rate `peak` -- a warm restart (the rate jumps from ~0 to about half the peak at step 40,600)."""
-    return [_BABI_COSINE, _replacing(_BABI_COSINE, train__learning_rate=peak, train__epochs=33,
-                                     train__lr_schedule_steps=82000, train__time_limit_minutes=200)]
+    first = _BABI_COSINE + _UNIFORM_WORDS
+    return [first, _replacing(first, train__learning_rate=peak, train__epochs=33, train__lr_schedule_steps=82000,
+                              train__time_limit_minutes=200)]
 
 
 # task -> (split to report, [(label, config, run directory[, --set overrides of that run])]); the overrides may also
@@ -103,12 +106,17 @@ REPRODUCTIONS = {
     # Session 24: batches of similar story lengths with trimmed objects (configs/babi.yaml), 100 minutes on one
     # core each: the paper's Adam 2e-4, and 5e-4 with a cosine decay nearly over when the time limit stops it
     # (45,000 steps; 100 minutes reach ~40,600). Session 25: two copies of the second run resumed to 200 minutes.
-    "babi": ("val", [("RN, Adam 2e-4 (paper)", "configs/babi.yaml", "runs/babi_length50", _BABI),
-                     ("RN, Adam 5e-4, cosine", "configs/babi.yaml", "runs/babi_length50_cos5e-4", _BABI_COSINE),
+    # Session 26: the two 100-minute recipes again with N(0, 1) word embeddings (now configs/babi.yaml's).
+    "babi": ("val", [("RN, Adam 2e-4 (paper)", "configs/babi.yaml", "runs/babi_length50", _BABI + _UNIFORM_WORDS),
+                     ("RN, Adam 5e-4, cosine", "configs/babi.yaml", "runs/babi_length50_cos5e-4",
+                      _BABI_COSINE + _UNIFORM_WORDS),
                      ("RN, 200 min, peak 5e-4", "configs/babi.yaml", "runs/babi_cos5e-4_restart",
                       _babi_restart("5e-4")),
                      ("RN, 200 min, peak 2.5e-4", "configs/babi.yaml", "runs/babi_cos2.5e-4_restart",
-                      _babi_restart("2.5e-4"))]),
+                      _babi_restart("2.5e-4")),
+                     ("RN, N(0,1) words, Adam 2e-4", "configs/babi.yaml", "runs/babi_normal", _BABI),
+                     ("RN, N(0,1) words, 5e-4 cosine", "configs/babi.yaml", "runs/babi_normal_cos5e-4",
+                      _BABI_COSINE)]),
     "physics_connections": ("test", [
         ("RN, per-pair read-out, then cosine decay, best by validation", "configs/physics_connections.yaml",
          "runs/physics_connections_pairs_anneal",
