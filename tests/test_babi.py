@@ -203,7 +203,8 @@ def test_embedding_init_sets_the_scale_of_both_word_embeddings_and_survives_savi
     small = dict(embedding_dim=16, sentence_lstm=16, question_lstm=8, g_units=[16], f_units=[16])
     models = {init: build_model(BabiModel(embedding_init=init, **small), data, vocab) for init in ("uniform", "normal")}
     for init, expected_std in (("uniform", 0.1 / 12 ** 0.5), ("normal", 1.0)):
-        for layer in (models[init].get_layer("sentence_objects").embedding, models[init].get_layer("question_embedding")):
+        model = models[init]
+        for layer in (model.get_layer("sentence_objects").embedding, model.get_layer("question_embedding")):
             std = float(np.std(layer.embeddings.numpy()))
             assert abs(std - expected_std) < 0.1 * expected_std, (init, layer.name, std)
     words = [models["normal"].get_layer(name) for name in ("sentence_objects", "question_embedding")]

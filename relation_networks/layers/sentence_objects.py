@@ -41,8 +41,9 @@ class SentenceObjects(keras.layers.Layer):
         self.vocab_size, self.embedding_dim, self.units, self.unroll = vocab_size, embedding_dim, units, bool(unroll)
         self.trim = bool(trim)
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
-        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, embeddings_initializer=self.embeddings_initializer,
-                                                name="embedding", dtype=self.dtype_policy)
+        self.embedding = keras.layers.Embedding(
+            vocab_size, embedding_dim, embeddings_initializer=self.embeddings_initializer, name="embedding",
+            dtype=self.dtype_policy)
         self.lstm = keras.layers.LSTM(units, unroll=self.unroll, name="lstm", dtype=self.dtype_policy)
 
     def build(self, context_shape):
