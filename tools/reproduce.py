@@ -72,8 +72,19 @@ def _nth_farthest_pair(num_vectors, vector_dim, run_prefix, minutes=100):
 _SIX_QKV = _nth_farthest_overrides(6, 2, 22) + ["model.qkv_norm=true"]
 # Session 22: a curriculum over the number of vectors in one run directory (ids 8 wide throughout): 4 vectors of 2
 # dims up to 30 minutes of training, 6 up to 60, 8 up to 100 -- the budget of session 20's 8 x 2 runs.
-_CURRICULUM = [_nth_farthest_overrides(num_vectors, 2, minutes) + ["data.max_vectors=8"]
-               for num_vectors, minutes in ((4, 30), (6, 60), (8, 100))]
+def _curriculum(vector_dim):
+    return [_nth_farthest_overrides(num_vectors, vector_dim, minutes) + ["data.max_vectors=8"]
+            for num_vectors, minutes in ((4, 30), (6, 60), (8, 100))]
+
+
+def _lstm296(curriculum):
+    """The curriculum for the LSTM with the RMC's number of parameters (session 23): 296 units, and 150 epochs in
+    the last stage because its steps are so fast that 100 would end before the last stage's minutes do."""
+    return [stage + ["model.lstm_units=296"]
+            for stage in curriculum[:2] + [_replacing(curriculum[2], train__epochs=150)]]
+
+
+_CURRICULUM = _curriculum(2)
 # copies of those run directories, resumed on 8 vectors up to 118 minutes of training
 _CURRICULUM_118 = _CURRICULUM + [_replacing(_CURRICULUM[-1], train__time_limit_minutes=118)]
 
@@ -186,18 +197,22 @@ REPRODUCTIONS = {
         ("LSTM, curriculum 4 -> 6 -> 8", "configs/nth_farthest_lstm.yaml", "runs/nf_curriculum_lstm", _CURRICULUM),
         ("RMC, curriculum, 118 min", "configs/nth_farthest.yaml", "runs/nf_curriculum_rmc118", _CURRICULUM_118),
         ("LSTM, curriculum, 118 min", "configs/nth_farthest_lstm.yaml", "runs/nf_curriculum_lstm118", _CURRICULUM_118),
-        # Session 23: an LSTM with the RMC's number of parameters (296 units: 655k in the core, the RMC's 659k);
-        # its steps are so fast that 100 epochs would end before the last stage's minutes do
+        # Session 23: an LSTM with the RMC's number of parameters (296 units: 655k in the core, the RMC's 659k)
         ("LSTM, 296 units, curriculum 4 -> 6 -> 8", "configs/nth_farthest_lstm.yaml", "runs/nf_curriculum_lstm296",
-         [stage + ["model.lstm_units=296"]
-          for stage in _CURRICULUM[:2] + [_replacing(_CURRICULUM[2], train__epochs=150)]]),
+         _lstm296(_CURRICULUM)),
         *[(f"{label}, no curriculum", *rest) for label, *rest in _nth_farthest_pair(8, 2, "nf8d2")]]),
+    # Session 27: the same curriculum on the paper's 16 dimensions, the RMC and the LSTM-296 each alone on a core
+    "nth_farthest_curriculum16": ("test", [
+        ("RMC, curriculum 4 -> 6 -> 8, 16 dims", "configs/nth_farthest.yaml", "runs/nf16_curriculum_rmc",
+         _curriculum(16)),
+        ("LSTM, 296 units, curriculum, 16 dims", "configs/nth_farthest_lstm.yaml", "runs/nf16_curriculum_lstm296",
+         _lstm296(_curriculum(16)))]),
 }
 
 # Reproductions that compare runs by wall-clock time (an equal budget, a longer one for the model behind, or a run
 # continued for longer): their section also plots every run's validation accuracy against its minutes of training.
 EQUAL_TIME = {"nth_farthest_4x2", "nth_farthest_8x2", "nth_farthest_6x2", "nth_farthest_6x2_qkv_norm",
-              "nth_farthest_curriculum", "babi"}
+              "nth_farthest_curriculum", "nth_farthest_curriculum16", "babi"}
 
 
 FLAGS = flags.FLAGS
