@@ -70,9 +70,9 @@ def _nth_farthest_pair(num_vectors, vector_dim, run_prefix, minutes=100):
 
 
 _SIX_QKV = _nth_farthest_overrides(6, 2, 22) + ["model.qkv_norm=true"]
-# Session 22: a curriculum over the number of vectors in one run directory (ids 8 wide throughout): 4 vectors of 2
-# dims up to 30 minutes of training, 6 up to 60, 8 up to 100 -- the budget of session 20's 8 x 2 runs.
 def _curriculum(vector_dim):
+    """A curriculum over the number of vectors in one run directory (ids 8 wide throughout), one stage each: 4
+    vectors up to 30 minutes of training, 6 up to 60, 8 up to 100 -- the budget of session 20's 8 x 2 runs."""
     return [_nth_farthest_overrides(num_vectors, vector_dim, minutes) + ["data.max_vectors=8"]
             for num_vectors, minutes in ((4, 30), (6, 60), (8, 100))]
 
@@ -81,10 +81,12 @@ def _lstm296(curriculum):
     """The curriculum for the LSTM with the RMC's number of parameters (session 23): 296 units, and 150 epochs in
     the last stage because its steps are so fast that 100 would end before the last stage's minutes do."""
     return [stage + ["model.lstm_units=296"]
-            for stage in curriculum[:2] + [_replacing(curriculum[2], train__epochs=150)]]
+            for stage in curriculum[:-1] + [_replacing(curriculum[-1], train__epochs=150)]]
 
 
+# Session 22: the curriculum on 2 dims; session 27: on the paper's 16
 _CURRICULUM = _curriculum(2)
+_CURRICULUM_16 = _curriculum(16)
 # copies of those run directories, resumed on 8 vectors up to 118 minutes of training
 _CURRICULUM_118 = _CURRICULUM + [_replacing(_CURRICULUM[-1], train__time_limit_minutes=118)]
 
@@ -204,9 +206,9 @@ REPRODUCTIONS = {
     # Session 27: the same curriculum on the paper's 16 dimensions, the RMC and the LSTM-296 each alone on a core
     "nth_farthest_curriculum16": ("test", [
         ("RMC, curriculum 4 -> 6 -> 8, 16 dims", "configs/nth_farthest.yaml", "runs/nf16_curriculum_rmc",
-         _curriculum(16)),
+         _CURRICULUM_16),
         ("LSTM, 296 units, curriculum, 16 dims", "configs/nth_farthest_lstm.yaml", "runs/nf16_curriculum_lstm296",
-         _lstm296(_curriculum(16)))]),
+         _lstm296(_CURRICULUM_16))]),
 }
 
 # Reproductions that compare runs by wall-clock time (an equal budget, a longer one for the model behind, or a run
