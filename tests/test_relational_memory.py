@@ -10,6 +10,7 @@ from conftest import ROOT, run_tool
 from relation_networks import RelationalMemory, tasks
 from relation_networks import config as config_lib
 from relation_networks.data import nth_farthest as nf
+from relation_networks.tasks.nth_farthest import NthFarthestData
 
 
 def _run(cell, x, return_sequences=False):
@@ -262,6 +263,25 @@ def test_probe_sub_task_labels_by_independent_computation(target, max_vectors):
         assert label == expected
 
 
+def _length_rule_by_hand(x, dim, width):
+    """The n-th longest vector other than m, read from one sample's model inputs."""
+    ids = [int(i) for i in x[:, dim : dim + width].argmax(-1)]
+    m = int(x[0, dim + width : dim + 2 * width].argmax())
+    rank = int(x[0, dim + 2 * width :].argmax()) + 1
+    others = sorted((i for i in ids if i != m), key=lambda i: -float(np.sum(x[ids.index(i), :dim] ** 2)))
+    return others[rank - 1]
+
+
+@pytest.mark.parametrize("max_vectors", [None, 7])
+def test_length_rule_answers_by_independent_computation(max_vectors):
+    num_vectors, dim = 5, 3
+    data = nf.generate(60, 11, num_vectors, dim, max_vectors)
+    rule = nf.by_length(data)
+    np.testing.assert_array_equal(rule, [_length_rule_by_hand(x, dim, max_vectors or num_vectors)
+                                         for x in data["inputs"]])
+    assert 0 < np.mean(rule == data["answers"]) < 1  # a rule, not the answer
+
+
 def test_probe_tool_runs_and_rejects_other_tasks(tmp_path):
     out = tmp_path / "probe.json"
     sets = ["--set", "data.num_vectors=3", "--set", "data.vector_dim=2", "--set", "model.mem_slots=2",
@@ -287,8 +307,49 @@ def test_probe_tool_runs_and_rejects_other_tasks(tmp_path):
     assert input_dependent_share(shared) == 0.0
     assert input_dependent_share(noise) == pytest.approx(1.0)
     assert 0.0 < input_dependent_share(shared + noise) < 0.5
+    rule_json = tmp_path / "rule.json"
+    rule = run_tool("probe_nth_farthest", *sets, "--set", "data.val_size=40", "--set", "data.test_size=30",
+                    "--length_rule", "--json", str(rule_json))
+    assert rule.returncode == 0, rule.stderr
+    assert "length rule on test (30 samples" in rule.stdout and "step" not in rule.stdout  # scores, trains nothing
+    rule_report = json.loads(rule_json.read_text())
+    test = nf.generate(30, NthFarthestData().test_seed, 3, 2)
+    by_hand = [_length_rule_by_hand(x, 2, 3) == y for x, y in zip(test["inputs"], test["answers"])]
+    assert rule_report["test"]["accuracy"] == pytest.approx(np.mean(by_hand))
+    assert rule_report["val"]["examples"] == 40
+    assert sum(group["count"] for group in rule_report["test"]["groups"].values()) == 30
     bad = run_tool("probe_nth_farthest", "--config", "configs/babi.yaml")
     assert bad.returncode == 2 and "not an nth_farthest config" in bad.stderr
+
+
+def test_probe_compares_a_trained_models_answers_with_the_length_rule(tmp_path):
+    """--length_rule --model: the model's accuracy and agreement with the rule, recomputed here from its logits."""
+    from relation_networks.tasks.nth_farthest import build_model
+
+    config = config_lib.load("configs/nth_farthest_lstm.yaml", [
+        "data.num_vectors=4", "data.vector_dim=3", "data.val_size=20", "data.test_size=64", "model.lstm_units=8",
+        "model.mlp_units=[8]"])
+    keras.utils.set_random_seed(3)
+    model = build_model(config.model, config.data)
+    run = tmp_path / "run"
+    run.mkdir()
+    config_lib.save(config, str(run / "config.yaml"))
+    model.save(run / "model.keras")
+    out = tmp_path / "rule.json"
+    result = run_tool("probe_nth_farthest", "--length_rule", "--model", str(run), "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    import json
+
+    scores = json.loads(out.read_text())["test"]["model"]
+    test = nf.generate(64, NthFarthestData().test_seed, 4, 3)
+    answers = model.predict({"sequence": test["inputs"]}, verbose=0).argmax(-1)
+    rule = [_length_rule_by_hand(x, 3, 4) for x in test["inputs"]]
+    wrong = [r != y for r, y in zip(rule, test["answers"])]
+    assert scores["accuracy"] == pytest.approx(np.mean(answers == test["answers"]))
+    assert scores["agrees_with_rule"] == pytest.approx(np.mean(answers == rule))
+    assert scores["agrees_with_rule_where_it_is_wrong"] == pytest.approx(np.mean((answers == rule)[wrong]))
+    refused = run_tool("probe_nth_farthest", "--model", str(run))
+    assert refused.returncode == 2 and "--model is for --length_rule" in refused.stderr
 
 
 @pytest.mark.parametrize("config,setting,message", [

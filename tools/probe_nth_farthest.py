@@ -20,6 +20,15 @@ the answer replaced by a sub-task that needs one piece of the full skill:
 Fresh samples for every `--eval_every_steps` steps (seeded); prints validation accuracy against the accuracy of
 guessing (the most frequent answer), and writes the rows to `--json`.
 
+`--length_rule` trains nothing: it scores, on the validation and test samples `tools/train.py` evaluates for the
+config, a rule that never looks at the reference vector -- answer the n-th longest of the other vectors -- per
+rank: the accuracy a model reaches from each vector's length alone, without relating any two vectors. With
+`--model` (a run directory, SavedModel or `.tflite`; its own config then names the instance, `--set` still
+applies) it also reports how often that model's answers agree with the rule's, overall and on the samples where
+the rule is wrong -- where a model that relates the vectors would leave it:
+
+    python tools/probe_nth_farthest.py --length_rule --model runs/nf16x4_rmc150
+
 `--input_dependence` trains nothing: it reports how much the untrained recurrent core's final output (the RMC's
 flattened memory, the LSTM's last hidden state) depends on the input -- the share of its variance that is
 across samples, per unit, rather than shared by all samples (the initial memory carried forward, biases).
@@ -41,6 +50,10 @@ flags.DEFINE_integer("seed", 0, "Initialisation and sampling seed.")
 flags.DEFINE_string("json", None, "Also write the rows here.")
 flags.DEFINE_bool("input_dependence", False, "Only report the input-dependent share of the untrained core's output "
                   "variance on the validation inputs (see the module docstring), then exit.")
+flags.DEFINE_bool("length_rule", False, "Only score the rule that ranks the vectors by length instead of by distance "
+                  "from vector m on the config's validation and test samples (see the module docstring), then exit.")
+flags.DEFINE_string("model", None, "With --length_rule: a trained model (run directory, SavedModel or .tflite) whose "
+                    "answers are compared with the rule's; its config replaces --config.")
 
 
 @_common.main_wrapper
@@ -57,14 +70,25 @@ def main(argv):
     from relation_networks.io import atomic_write_json
     from relation_networks.tasks.nth_farthest import build_model, id_width
 
-    config = config_lib.load(FLAGS.config or "configs/nth_farthest.yaml", FLAGS.set)
+    predict = None
+    if FLAGS.model:
+        if not FLAGS.length_rule:
+            raise UserError("--model is for --length_rule.")
+        from relation_networks import inference
+
+        config, predict = inference.load_predictor(FLAGS.model, FLAGS.set)
+    else:
+        config = config_lib.load(FLAGS.config or "configs/nth_farthest.yaml", FLAGS.set)
     if config.task != "nth_farthest":
-        raise UserError(f"{FLAGS.config} is not an nth_farthest config.")
+        raise UserError(f"{FLAGS.model or FLAGS.config} is not an nth_farthest {'model' if FLAGS.model else 'config'}.")
     if FLAGS.steps < 1 or FLAGS.eval_every_steps < 1:
         raise UserError("--steps and --eval_every_steps must be positive.")
     if FLAGS.input_dependence and config.model.type == "rn":
         raise UserError("--input_dependence is for the recurrent models (rmc, lstm).")
     d = config.data
+    if FLAGS.length_rule:
+        _score_length_rule(config, predict)
+        return
     policy = precision.resolve(config.train.precision)
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(FLAGS.seed)
@@ -101,6 +125,41 @@ def main(argv):
         atomic_write_json(FLAGS.json, {"model": config.model.type, "target": FLAGS.target, "guess": guess,
                                        "seed": FLAGS.seed, "overrides": FLAGS.set,
                                        "precision": policy, "rows": rows})
+
+
+def _score_length_rule(config, predict=None):
+    """Print (and with --json write) the length rule's accuracy, overall and per rank, on the val and test splits;
+    with `predict`, also the model's accuracy and its agreement with the rule."""
+    from relation_networks import tasks
+    from relation_networks.data import nth_farthest as nf
+    from relation_networks.evaluation import grouped_accuracy
+    from relation_networks.io import atomic_write_json
+    from relation_networks.tasks.nth_farthest import id_width
+
+    d = config.data
+    report = {"rule": "length", "num_vectors": d.num_vectors, "vector_dim": d.vector_dim, "model": FLAGS.model,
+              "overrides": FLAGS.set}
+    for split, size, seed in (("val", d.val_size, d.val_seed), ("test", d.test_size, d.test_seed)):
+        data = nf.generate(size, seed, d.num_vectors, d.vector_dim, id_width(d))
+        rule, truth = nf.by_length(data), data["answers"]
+        groups = grouped_accuracy(rule == truth, data["rank"] - 1, [f"rank_{n}" for n in range(1, d.num_vectors)])
+        scores = report[split] = {"examples": size, "accuracy": float((rule == truth).mean()), "groups": groups}
+        ranks = "  ".join(f"{name} {100 * g['accuracy']:.1f}%" for name, g in groups.items())
+        print(f"length rule on {split} ({size:,} samples of {d.num_vectors} vectors x {d.vector_dim} dims): "
+              f"{100 * scores['accuracy']:.2f}%  ({ranks}; chance {100 / (d.num_vectors - 1):.1f}%)")
+        if predict is not None:
+            _, labels, logits = tasks.get(config.task).predictions(predict, config, split, batch_size=1024)
+            assert (labels == truth).all(), "the task's samples are the generator's"
+            answers, wrong = logits.argmax(-1), rule != truth
+            scores["model"] = {"accuracy": float((answers == truth).mean()),
+                               "agrees_with_rule": float((answers == rule).mean()),
+                               "agrees_with_rule_where_it_is_wrong": float((answers == rule)[wrong].mean())}
+            print(f"  the model: {100 * scores['model']['accuracy']:.2f}% right; gives the rule's answer on "
+                  f"{100 * scores['model']['agrees_with_rule']:.1f}% of the samples, and on "
+                  f"{100 * scores['model']['agrees_with_rule_where_it_is_wrong']:.1f}% of the {wrong.sum():,} "
+                  f"where the rule is wrong")
+    if FLAGS.json:
+        atomic_write_json(FLAGS.json, report)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,13 @@ _CURRICULUM_16 = _curriculum(16)
 # copies of those run directories, resumed on 8 vectors up to 118 minutes of training
 _CURRICULUM_118 = _CURRICULUM + [_replacing(_CURRICULUM[-1], train__time_limit_minutes=118)]
 
+
+def _four_16(minutes):
+    """Session 28: 4 vectors of 16 dims alone, ids 8 wide as in the curriculum's first stage (the RMC for 120
+    minutes; the LSTM with the RMC's number of parameters for 31, stopped on its plateau)."""
+    return _nth_farthest_overrides(4, 16, minutes) + ["data.max_vectors=8"]
+
+
 _BABI = ["train.time_limit_minutes=100", "train.keep_best=accuracy"]
 # Session 24's better run: Adam 5e-4, warm-up and a cosine decay over 45,000 steps (100 minutes reach ~40,600)
 _BABI_COSINE = _BABI + ["train.learning_rate=5e-4", "train.lr_schedule=cosine", "train.warmup_steps=500",
@@ -209,12 +216,16 @@ REPRODUCTIONS = {
          _CURRICULUM_16),
         ("LSTM, 296 units, curriculum, 16 dims", "configs/nth_farthest_lstm.yaml", "runs/nf16_curriculum_lstm296",
          _lstm296(_CURRICULUM_16))]),
+    "nth_farthest_4x16": ("test", [
+        ("RMC, 120 minutes", "configs/nth_farthest.yaml", "runs/nf16x4_rmc120", _four_16(120)),
+        ("LSTM, 296 units, 31 minutes", "configs/nth_farthest_lstm.yaml", "runs/nf16x4_lstm296_31",
+         _four_16(31) + ["model.lstm_units=296", "train.epochs=300"])]),
 }
 
 # Reproductions that compare runs by wall-clock time (an equal budget, a longer one for the model behind, or a run
 # continued for longer): their section also plots every run's validation accuracy against its minutes of training.
 EQUAL_TIME = {"nth_farthest_4x2", "nth_farthest_8x2", "nth_farthest_6x2", "nth_farthest_6x2_qkv_norm",
-              "nth_farthest_curriculum", "nth_farthest_curriculum16", "babi"}
+              "nth_farthest_curriculum", "nth_farthest_curriculum16", "nth_farthest_4x16", "babi"}
 
 
 FLAGS = flags.FLAGS

@@ -70,6 +70,19 @@ def generate(num_samples, seed, num_vectors=8, vector_dim=16, max_vectors=None):
             "rank": rank, "order": order}
 
 
+def by_length(data):
+    """The answers of a rule that never looks at the reference vector: the n-th longest of the vectors other than
+    m, ranking them by their distance from the origin instead of from vector m. `data` as `generate` returns it;
+    ids int32 `[num_samples]`. A long vector tends to be far from any other, so the rule scores well above chance
+    with no relation between two vectors computed (`tools/probe_nth_farthest.py --length_rule` scores it)."""
+    vectors, reference = data["vectors"], data["reference"]
+    rows = np.arange(len(vectors))
+    length = np.linalg.norm(vectors, axis=-1)
+    length[rows, reference] = -np.inf  # m is never an answer
+    longest = np.argsort(-length, axis=1, kind="stable")
+    return data["ids"][rows, longest[rows, data["rank"] - 1]].astype(np.int32)
+
+
 SUB_TASKS = ("largest_x", "largest_norm", "reference_sign", "farthest", "full")
 
 
