@@ -105,10 +105,11 @@ _BABI_COSINE = _BABI + ["train.learning_rate=5e-4", "train.lr_schedule=cosine", 
 _UNIFORM_WORDS = ["model.embedding_init=uniform"]
 
 
-def _babi_restart(peak):
+def _babi_restart(peak, words=_UNIFORM_WORDS):
     """Session 25: copies of the session-24 cosine run resumed to 200 minutes with the cosine stretched to 82,000
-    steps and peak rate `peak` -- a warm restart (the rate jumps from ~0 to about half the peak at step 40,600)."""
-    first = _BABI_COSINE + _UNIFORM_WORDS
+    steps and peak rate `peak` -- a warm restart (the rate jumps from ~0 to about half the peak at step 40,600).
+    Sessions 26 and 28: the same restart of session 26's run with N(0, 1) words (`words=[]`, the config's own)."""
+    first = _BABI_COSINE + words
     return [first, _replacing(first, train__learning_rate=peak, train__epochs=33, train__lr_schedule_steps=82000,
                               train__time_limit_minutes=200)]
 
@@ -127,6 +128,7 @@ REPRODUCTIONS = {
     # core each: the paper's Adam 2e-4, and 5e-4 with a cosine decay nearly over when the time limit stops it
     # (45,000 steps; 100 minutes reach ~40,600). Session 25: two copies of the second run resumed to 200 minutes.
     # Session 26: the two 100-minute recipes again with N(0, 1) word embeddings (now configs/babi.yaml's).
+    # Sessions 26 and 28: a copy of the second of those resumed to 200 minutes (session 25's warm restart).
     "babi": ("val", [("RN, Adam 2e-4 (paper)", "configs/babi.yaml", "runs/babi_length50", _BABI + _UNIFORM_WORDS),
                      ("RN, Adam 5e-4, cosine", "configs/babi.yaml", "runs/babi_length50_cos5e-4",
                       _BABI_COSINE + _UNIFORM_WORDS),
@@ -136,7 +138,9 @@ REPRODUCTIONS = {
                       _babi_restart("2.5e-4")),
                      ("RN, N(0,1) words, Adam 2e-4", "configs/babi.yaml", "runs/babi_normal", _BABI),
                      ("RN, N(0,1) words, 5e-4 cosine", "configs/babi.yaml", "runs/babi_normal_cos5e-4",
-                      _BABI_COSINE)]),
+                      _BABI_COSINE),
+                     ("RN, N(0,1) words, 200 min, peak 5e-4", "configs/babi.yaml", "runs/babi_normal_restart",
+                      _babi_restart("5e-4", words=[]))]),
     "physics_connections": ("test", [
         ("RN, per-pair read-out, then cosine decay, best by validation", "configs/physics_connections.yaml",
          "runs/physics_connections_pairs_anneal",
