@@ -27,7 +27,7 @@ rank: the accuracy a model reaches from each vector's length alone, without rela
 applies) it also reports how often that model's answers agree with the rule's, overall and on the samples where
 the rule is wrong -- where a model that relates the vectors would leave it:
 
-    python tools/probe_nth_farthest.py --length_rule --model runs/nf16x4_rmc150
+    python tools/probe_nth_farthest.py --length_rule --model runs/nf16x4_rmc120
 
 `--input_dependence` trains nothing: it reports how much the untrained recurrent core's final output (the RMC's
 flattened memory, the LSTM's last hidden state) depends on the input -- the share of its variance that is
