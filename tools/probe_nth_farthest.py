@@ -134,21 +134,20 @@ def _score_length_rule(config, predict=None):
     from relation_networks.data import nth_farthest as nf
     from relation_networks.evaluation import grouped_accuracy
     from relation_networks.io import atomic_write_json
-    from relation_networks.tasks.nth_farthest import id_width
 
-    d = config.data
+    d, task = config.data, tasks.get(config.task)
     report = {"rule": "length", "num_vectors": d.num_vectors, "vector_dim": d.vector_dim, "model": FLAGS.model,
               "overrides": FLAGS.set}
-    for split, size, seed in (("val", d.val_size, d.val_seed), ("test", d.test_size, d.test_seed)):
-        data = nf.generate(size, seed, d.num_vectors, d.vector_dim, id_width(d))
-        rule, truth = nf.by_length(data), data["answers"]
+    for split in ("val", "test"):
+        data = task.samples(config, split)  # the samples tools/train.py evaluates
+        rule, truth, size = nf.by_length(data), data["answers"], len(data["answers"])
         groups = grouped_accuracy(rule == truth, data["rank"] - 1, [f"rank_{n}" for n in range(1, d.num_vectors)])
         scores = report[split] = {"examples": size, "accuracy": float((rule == truth).mean()), "groups": groups}
         ranks = "  ".join(f"{name} {100 * g['accuracy']:.1f}%" for name, g in groups.items())
         print(f"length rule on {split} ({size:,} samples of {d.num_vectors} vectors x {d.vector_dim} dims): "
               f"{100 * scores['accuracy']:.2f}%  ({ranks}; chance {100 / (d.num_vectors - 1):.1f}%)")
         if predict is not None:
-            _, labels, logits = tasks.get(config.task).predictions(predict, config, split, batch_size=1024)
+            _, labels, logits = task.predictions(predict, config, split, batch_size=1024)
             assert (labels == truth).all(), "the task's samples are the generator's"
             answers, wrong = logits.argmax(-1), rule != truth
             scores["model"] = {"accuracy": float((answers == truth).mean()),

@@ -70,11 +70,16 @@ def _nth_farthest_pair(num_vectors, vector_dim, run_prefix, minutes=100):
 
 
 _SIX_QKV = _nth_farthest_overrides(6, 2, 22) + ["model.qkv_norm=true"]
+def _ids_8(num_vectors, vector_dim, minutes):
+    """The recipe with ids 8 wide (`data.max_vectors=8`): a curriculum's stage, or (session 28) 4 vectors of 16 dims
+    alone as in the curriculum's first stage."""
+    return _nth_farthest_overrides(num_vectors, vector_dim, minutes) + ["data.max_vectors=8"]
+
+
 def _curriculum(vector_dim):
     """A curriculum over the number of vectors in one run directory (ids 8 wide throughout), one stage each: 4
     vectors up to 30 minutes of training, 6 up to 60, 8 up to 100 -- the budget of session 20's 8 x 2 runs."""
-    return [_nth_farthest_overrides(num_vectors, vector_dim, minutes) + ["data.max_vectors=8"]
-            for num_vectors, minutes in ((4, 30), (6, 60), (8, 100))]
+    return [_ids_8(num_vectors, vector_dim, minutes) for num_vectors, minutes in ((4, 30), (6, 60), (8, 100))]
 
 
 def _lstm296(curriculum):
@@ -89,12 +94,6 @@ _CURRICULUM = _curriculum(2)
 _CURRICULUM_16 = _curriculum(16)
 # copies of those run directories, resumed on 8 vectors up to 118 minutes of training
 _CURRICULUM_118 = _CURRICULUM + [_replacing(_CURRICULUM[-1], train__time_limit_minutes=118)]
-
-
-def _four_16(minutes):
-    """Session 28: 4 vectors of 16 dims alone, ids 8 wide as in the curriculum's first stage (the RMC for 120
-    minutes; the LSTM with the RMC's number of parameters for 31, stopped on its plateau)."""
-    return _nth_farthest_overrides(4, 16, minutes) + ["data.max_vectors=8"]
 
 
 _BABI = ["train.time_limit_minutes=100", "train.keep_best=accuracy"]
@@ -221,9 +220,10 @@ REPRODUCTIONS = {
         ("LSTM, 296 units, curriculum, 16 dims", "configs/nth_farthest_lstm.yaml", "runs/nf16_curriculum_lstm296",
          _lstm296(_CURRICULUM_16))]),
     "nth_farthest_4x16": ("test", [
-        ("RMC, 120 minutes", "configs/nth_farthest.yaml", "runs/nf16x4_rmc120", _four_16(120)),
+        # Session 28: the RMC for 120 minutes; the LSTM-296 for 31, stopped on its plateau
+        ("RMC, 120 minutes", "configs/nth_farthest.yaml", "runs/nf16x4_rmc120", _ids_8(4, 16, 120)),
         ("LSTM, 296 units, 31 minutes", "configs/nth_farthest_lstm.yaml", "runs/nf16x4_lstm296_31",
-         _four_16(31) + ["model.lstm_units=296", "train.epochs=300"])]),
+         _ids_8(4, 16, 31) + ["model.lstm_units=296", "train.epochs=300"])]),
 }
 
 # Reproductions that compare runs by wall-clock time (an equal budget, a longer one for the model behind, or a run

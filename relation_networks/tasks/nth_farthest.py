@@ -91,7 +91,8 @@ class NthFarthest(Task):
     data_config = NthFarthestData
     model_config = NthFarthestModel
 
-    def _samples(self, config, split, seed):
+    def samples(self, config, split, seed=0):
+        """`nf.generate`'s dict for a split: val and test from their fixed seeds, train from `seed` (the epoch's)."""
         d = config.data
         sizes = {"train": d.train_size, "val": d.val_size, "test": d.test_size}
         if split not in sizes:
@@ -105,7 +106,7 @@ class NthFarthest(Task):
     def dataset(self, config, split, *, training=False, shuffle=None, seed=0, input_context=None):
         # Training samples are drawn afresh for every epoch (the trainer's seed changes with the epoch); they are
         # already in random order, so `shuffle` has nothing to do.
-        data = self._samples(config, split, seed)
+        data = self.samples(config, split, seed)
         ds = tf.data.Dataset.from_tensor_slices(({"sequence": data["inputs"]}, data["answers"]))
         ds = self.shard(ds, input_context)
         return ds
@@ -123,7 +124,7 @@ class NthFarthest(Task):
 
     def evaluate(self, predict_fn, config, split, batch_size=256):
         features, labels, logits = self.predictions(predict_fn, config, split, batch_size)
-        rank = self._samples(config, split, 0)["rank"]
+        rank = self.samples(config, split)["rank"]
         correct = logits.argmax(-1) == labels
         groups = grouped_accuracy(correct, rank - 1, [f"rank_{n}" for n in range(1, config.data.num_vectors)])
         return self.report(config, split, len(labels), {"accuracy": float(np.mean(correct))}, groups)
