@@ -35,6 +35,11 @@ def main_wrapper(main):
             sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted; re-run the same command to resume from the last checkpoint.", file=sys.stderr)
-            sys.exit(130)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Not sys.exit: stopped in the middle of an epoch, the interpreter's shutdown could block for good in
+            # TensorFlow's runtime (input-pipeline threads), leaving the process alive after this message. All
+            # cleanup (temporary files, worker pools) already ran while the exception unwound to here.
+            os._exit(130)
 
     return wrapped

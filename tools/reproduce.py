@@ -184,6 +184,13 @@ REPRODUCTIONS = {
         # Session 23: a copy of that run resumed with its cosine schedule stretched to 104 epochs (a warm restart)
         ("RN + context stage, Adam 1e-3, 104 epochs", "configs/physics_count.yaml",
          "runs/physics_count_context_lr1e-3_104", _LR_1E3_COUNT)]),
+    # Session 29: per-pair link logits counted by a fixed read-out (model.readout=components), count labels only;
+    # one core per run, side by side (mixed bfloat16: this machine has AVX512-BF16)
+    "physics_count_components": ("test", [
+        ("RN, components read-out, Adam 3e-4", "configs/physics_count_components.yaml",
+         "runs/physics_count_components", ["train.learning_rate=3e-4", "train.time_limit_minutes=95"]),
+        ("RN, components read-out, Adam 1e-3", "configs/physics_count_components.yaml",
+         "runs/physics_count_components_lr1e-3", ["train.time_limit_minutes=95"])]),
     "nth_farthest": ("test", [("RMC", "configs/nth_farthest.yaml", "runs/nth_farthest"),
                               ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm"),
                               ("RN (all vectors at once)", "configs/nth_farthest.yaml", "runs/nth_farthest_rn",

@@ -11,7 +11,7 @@ import tensorflow as tf
 from relation_networks import tasks
 from relation_networks.config import ConfigError, choice
 from relation_networks.data import physics
-from relation_networks.errors import DataError
+from relation_networks.errors import DataError, UserError
 from relation_networks.evaluation import grouped_accuracy
 from relation_networks.layers import POOLED_AGGREGATIONS, RelationModule
 from relation_networks.models import logits_model, mlp
@@ -59,7 +59,11 @@ class PhysicsModel:
     # outputs all num_balls**2 logits at once, so g_theta has to write each pair's link into a direction of the sum
     # reserved for that pair. "pairs": no sum; f_phi reads each pair's relation and outputs that pair's logit
     # (RelationModule(aggregation="none")), symmetrised over (i, j) and (j, i). Connections only.
-    readout: str = choice("aggregate", ("aggregate", "pairs"))
+    # "components" (counting only; not the paper's architecture): the same per-pair logits are link
+    # probabilities, and a fixed read-out counts the connected systems they imply (`SystemCount`: transitive
+    # closure by the most probable path, then the sum over balls of 1 / the size of each ball's system). Trained
+    # on the count labels alone, like the paper's counter: which pairs are linked is never shown.
+    readout: str = choice("aggregate", ("aggregate", "pairs", "components"))
     # A first relation stage that gives every ball the context of its relations to all the others before the read-out
     # (0: none; RN only, either read-out). Its g_theta (`context_g_units`) and a linear layer map each pair to a
     # `context_units`-wide message; each ball's row gets the mean of the messages of its pairs with the other balls
@@ -118,6 +122,120 @@ class PairLogits(keras.layers.Layer):
         return (input_shape[0], input_shape[1] * input_shape[2])
 
 
+@keras.saving.register_keras_serializable(package="relation_networks")
+class SystemCount(keras.layers.Layer):
+    """Link logits `[B, n * n]` (as `PairLogits` outputs them) -> count logits `[B, n]` (class k: k + 1 systems).
+
+    The number of connected systems implied by soft links, in three parameter-free steps and one learned scale:
+
+    1. `p = sigmoid(logits + offset)`: the probability that each pair is linked. `offset` is a trainable scalar
+       that starts at `initial_offset` (-2.5: about 8% of the pairs are linked in these scenes), so that at the
+       start most pairs look unlinked and the count is not saturated at one system.
+    2. Transitive closure by the most probable path, `r_ij` = the largest product of link probabilities along a
+       path from i to j: start from `p` with ones on the diagonal, and `closure_steps` times replace `r_ij` by
+       `max_k r_ik r_kj` (k = i and k = j keep `r_ij` itself). Each step doubles the longest path covered:
+       ceil(log2(n - 1)) steps reach across any system. With hard 0/1 links this is exactly reachability. (A soft
+       OR over the paths, `1 - prod_k (1 - r_ik r_kj)`, counts the same paths again at every step as if they were
+       independent: at the starting 8% per pair it already makes every ball reachable from every other, and the
+       count sticks at one system with no gradient.)
+    3. `count = sum_i 1 / sum_j r_ij`: each ball contributes one over the size of its system, so every system
+       adds up to one. With hard links this is exactly the number of connected components.
+
+    Class `k` (k + 1 systems) gets the logit `-scale * (count - (k + 1))**2` (`scale` trainable, positive): the
+    arg max is the integer nearest the count, and the cross-entropy pulls the count towards the label.
+    """
+
+    def __init__(self, initial_offset=-2.5, closure_steps=None, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_offset = float(initial_offset)
+        self.closure_steps = None if closure_steps is None else int(closure_steps)
+
+    def build(self, input_shape):
+        self.num_balls = int(round(input_shape[-1] ** 0.5))
+        if self.num_balls * self.num_balls != input_shape[-1]:
+            raise ValueError(f"SystemCount expects num_balls**2 link logits, got {input_shape[-1]}.")
+        self.offset = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.initial_offset),
+                                      name="offset")
+        self.log_scale = self.add_weight(shape=(), initializer="zeros", name="log_scale")
+
+    def _steps(self):
+        if self.closure_steps is not None:
+            return self.closure_steps
+        return max(int(np.ceil(np.log2(max(self.num_balls - 1, 1)))), 0)
+
+    def count(self, link_logits):
+        """The soft number of systems `[B]` (float32)."""
+        if not self.built:  # called directly rather than through __call__
+            self.build(link_logits.shape)
+        n = self.num_balls
+        links = keras.ops.sigmoid(keras.ops.cast(link_logits, "float32") + self.offset)
+        eye = keras.ops.eye(n, dtype="float32")
+        reach = keras.ops.reshape(links, (-1, n, n)) * (1.0 - eye) + eye
+        for _ in range(self._steps()):
+            reach = keras.ops.max(reach[:, :, :, None] * reach[:, None, :, :], axis=2)  # [B, i, k, j] = r_ik r_kj
+        return keras.ops.sum(1.0 / keras.ops.sum(reach, axis=-1), axis=-1)
+
+    def call(self, link_logits):
+        count = self.count(link_logits)
+        classes = keras.ops.arange(1, self.num_balls + 1, dtype="float32")
+        return -keras.ops.exp(self.log_scale) * keras.ops.square(count[:, None] - classes[None, :])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], int(round(input_shape[-1] ** 0.5)))
+
+    def get_config(self):
+        return {**super().get_config(), "initial_offset": self.initial_offset, "closure_steps": self.closure_steps}
+
+
+def implied_links(model, balls, batch_size=500):
+    """The links a counter with the components read-out (`SystemCount`) believes in: link probabilities
+    `[S, n, n]` for the scenes `balls [S, n, 2 * frames + 1]` -- the sigmoid of its per-pair logits plus the
+    read-out's learned offset, exactly what its count is computed from. `UserError` for any other model."""
+    names = [layer.name for layer in model.layers]
+    if "system_count" not in names or "pair_logits" not in names:
+        raise UserError(f"{model.name} has no components read-out (model.readout=components): it does not "
+                        "compute link probabilities.")
+    pair_logits = keras.Model(model.inputs, model.get_layer("pair_logits").output)
+    logits = pair_logits.predict({"balls": balls}, batch_size=batch_size, verbose=0)
+    offset = float(keras.ops.convert_to_numpy(model.get_layer("system_count").offset))
+    n = balls.shape[1]
+    return (1.0 / (1.0 + np.exp(-np.clip(logits + offset, -60.0, 60.0)))).reshape(-1, n, n)
+
+
+def link_metrics(probabilities, connections):
+    """How well link probabilities `[S, n, n]` match the true connection matrices `[S, n, n]` (0/1), over the
+    pairs i < j: `pair_auc` (the chance that a random linked pair scores above a random unlinked one, ties half),
+    the mean probability of linked and of unlinked pairs, and with links thresholded at 0.5: `pair_accuracy`,
+    `scenes_all_correct` (every pair right) and `count_from_links` (the number of systems right)."""
+    probabilities, truth = np.asarray(probabilities, np.float64), np.asarray(connections) > 0.5
+    n = truth.shape[-1]
+    upper = np.triu(np.ones((n, n), bool), 1)
+    scores, labels = probabilities[:, upper], truth[:, upper]
+    positive, negative = scores[labels], scores[~labels]
+    order = np.argsort(np.concatenate([positive, negative]), kind="stable")
+    values = np.concatenate([positive, negative])[order]
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    # average ranks over ties (rank-sum form of the Mann-Whitney U statistic)
+    _, first, counts = np.unique(values, return_index=True, return_counts=True)
+    for start, count in zip(first, counts):
+        if count > 1:
+            ranks[order[start:start + count]] = start + (count + 1) / 2
+    auc = ((ranks[:len(positive)].sum() - len(positive) * (len(positive) + 1) / 2) / (len(positive) * len(negative))
+           if len(positive) and len(negative) else float("nan"))
+    predicted = scores > 0.5
+    hard = np.zeros(truth.shape, bool)
+    hard[:, upper] = predicted
+    hard = hard | hard.transpose(0, 2, 1)
+    counted = np.array([physics.components(h) for h in hard])
+    systems = np.array([physics.components(t) for t in truth])
+    return {"pair_auc": float(auc), "mean_p_linked": float(positive.mean()) if len(positive) else float("nan"),
+            "mean_p_unlinked": float(negative.mean()) if len(negative) else float("nan"),
+            "pair_accuracy": float((predicted == labels).mean()),
+            "scenes_all_correct": float((predicted == labels).all(axis=1).mean()),
+            "count_from_links": float((counted == systems).mean())}
+
+
 def augment(balls, connections, seed, frames):
     """A random symmetry of each scene of a batch (`PhysicsData.augment`): `balls [B, n, 2 * frames + 1]`,
     `connections [B, n * n]` -> the same scenes, each reflected/rotated and with its balls renamed. `seed` is a
@@ -169,6 +287,9 @@ def check_readout(model_config, data_config):
     if model_config.readout == "pairs" and (model_config.type != "rn" or data_config.target != "connections"):
         raise ConfigError("model.readout=pairs reads one connection logit per pair: it needs model.type=rn and "
                           f"data.target=connections (got {model_config.type} and {data_config.target}).")
+    if model_config.readout == "components" and (model_config.type != "rn" or data_config.target != "count"):
+        raise ConfigError("model.readout=components counts the systems that per-pair link logits imply: it needs "
+                          f"model.type=rn and data.target=count (got {model_config.type} and {data_config.target}).")
     if model_config.context_units < 0:
         raise ConfigError(f"model.context_units must be 0 (no context stage) or positive, got {model_config.context_units}.")
     if model_config.context_stages < 1:
@@ -198,11 +319,13 @@ def build_model(model_config, data_config):
                                   precise_first_layer=model_config.precise_first_layer,
                                   name="context_module" + suffix)(objects)
         objects = PairContext(name="pair_context" + suffix, dtype="float32")(objects, messages)
-    if model_config.readout == "pairs":
+    if model_config.readout in ("pairs", "components"):
         pair_logits = RelationModule(model_config.g_units, list(model_config.f_units) + [1], aggregation="none",
                                      precise_first_layer=model_config.precise_first_layer,
                                      name="relation_module")(objects)
         logits = PairLogits(name="pair_logits", dtype="float32")(pair_logits)
+        if model_config.readout == "components":
+            logits = SystemCount(name="system_count", dtype="float32")(logits)
     elif model_config.type == "rn":
         logits = RelationModule(model_config.g_units, list(model_config.f_units) + [outputs],
                                 aggregation=model_config.aggregation, precise_first_layer=model_config.precise_first_layer,
@@ -258,11 +381,17 @@ class Physics(Task):
             raise DataError(f"Unknown physics split {split!r}; expected train, val or test.")
         return self._sizes(config.data)[split]
 
-    def dataset(self, config, split, *, training=False, shuffle=None, seed=0, input_context=None):
+    def arrays(self, config, split):
+        """A split's scenes as arrays, simulated first if needed: `balls [S, n, 2 * frames + 1]`, `connections
+        [S, n * n]` (0/1, row-major) and `systems [S]` (the number of connected systems)."""
         d = config.data
         self.num_examples(config, split)
         path = os.path.join(self._directory(config, log=lambda *_: None), f"{split}.tfrecord")
-        ds = tf.data.Dataset.from_tensor_slices(_read_split(path, d.num_balls, d.frames))
+        return _read_split(path, d.num_balls, d.frames)
+
+    def dataset(self, config, split, *, training=False, shuffle=None, seed=0, input_context=None):
+        d = config.data
+        ds = tf.data.Dataset.from_tensor_slices(self.arrays(config, split))
         if training if shuffle is None else shuffle:
             ds = ds.shuffle(100_000, seed=seed, reshuffle_each_iteration=False)
         ds = self.shard(ds, input_context)
