@@ -126,7 +126,8 @@ class PairLogits(keras.layers.Layer):
 class SystemCount(keras.layers.Layer):
     """Link logits `[B, n * n]` (as `PairLogits` outputs them) -> count logits `[B, n]` (class k: k + 1 systems).
 
-    The number of connected systems implied by soft links, in three parameter-free steps and one learned scale:
+    The number of connected systems implied by soft links, in three fixed steps with two learned scalars (an offset
+    and a scale):
 
     1. `p = sigmoid(logits + offset)`: the probability that each pair is linked. `offset` is a trainable scalar
        that starts at `initial_offset` (-2.5: about 8% of the pairs are linked in these scenes), so that at the
