@@ -455,10 +455,11 @@ def test_stopping_the_simulation_leaves_no_partial_data(tmp_path):
 
 def test_stopping_training_ends_the_process_and_the_run_resumes(tmp_path_factory):
     # SIGTERM in the middle of training: the process ends with status 130 within a minute, and the same command
-    # resumes from the last checkpoint. (A real run, killed by hand after 24 epochs of 50,000 scenes, and a
-    # 300-scene run killed after ~100 epochs in 2 of 3 tries, stayed alive after printing "interrupted": the
-    # interpreter's shutdown blocked in TensorFlow's runtime. tools/_common.py now ends the process with os._exit.
-    # This small run did not hang even before that change, so the test guards the exit status and the resume.)
+    # resumes from the last checkpoint. Two ways this failed before tools/_common.py handled them: a real run
+    # (killed after 24 epochs of 50,000 scenes) and a 300-scene run (after ~100 epochs, 2 of 3 tries) stayed alive
+    # after printing "interrupted", the interpreter's shutdown blocked in TensorFlow's runtime (now os._exit); and
+    # in one run of this test on a loaded core the interrupt was swallowed and training went on (now raised again
+    # every 5 s until caught). Neither happens reliably in a small run: the test guards the outcome.
     run_dir = tmp_path_factory.mktemp("stopped") / "run"
     sets = [f"data.dir={tmp_path_factory.getbasetemp()}/physics_data_300", "data.train_scenes=300",
             "data.val_scenes=16", "data.test_scenes=16", "data.workers=1", "model.g_units=[16,16]", "model.f_units=[16]",

@@ -18,7 +18,15 @@ def define_config_flags():
     flags.DEFINE_string("run_dir", None, "Run directory (default: the config's run_dir, else runs/<config name>).")
 
 
+_REPEAT_SECONDS = 5.0
+
+
 def _interrupt(signum, frame):
+    # Raised again every few seconds (SIGALRM) until `main_wrapper` has caught it: a KeyboardInterrupt that lands
+    # while the main thread runs a finaliser or a callback from TensorFlow's runtime is swallowed ("Exception
+    # ignored in ..."), and a SIGTERM'd training run went on training (seen once in the test suite).
+    signal.signal(signal.SIGALRM, _interrupt)
+    signal.setitimer(signal.ITIMER_REAL, _REPEAT_SECONDS)
     raise KeyboardInterrupt
 
 
@@ -34,6 +42,7 @@ def main_wrapper(main):
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
+            signal.setitimer(signal.ITIMER_REAL, 0)  # caught: no repeat
             print("interrupted; re-run the same command to resume from the last checkpoint.", file=sys.stderr)
             sys.stdout.flush()
             sys.stderr.flush()
