@@ -25,8 +25,9 @@ def _interrupt(signum, frame):
     # Raised again every few seconds (SIGALRM) until `main_wrapper` has caught it: a KeyboardInterrupt that lands
     # while the main thread runs a finaliser or a callback from TensorFlow's runtime is swallowed ("Exception
     # ignored in ..."), and a SIGTERM'd training run went on training (seen once in the test suite).
-    signal.signal(signal.SIGALRM, _interrupt)
-    signal.setitimer(signal.ITIMER_REAL, _REPEAT_SECONDS)
+    if hasattr(signal, "setitimer"):  # POSIX
+        signal.signal(signal.SIGALRM, _interrupt)
+        signal.setitimer(signal.ITIMER_REAL, _REPEAT_SECONDS)
     raise KeyboardInterrupt
 
 
@@ -42,7 +43,8 @@ def main_wrapper(main):
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
-            signal.setitimer(signal.ITIMER_REAL, 0)  # caught: no repeat
+            if hasattr(signal, "setitimer"):
+                signal.setitimer(signal.ITIMER_REAL, 0)  # caught: no repeat
             print("interrupted; re-run the same command to resume from the last checkpoint.", file=sys.stderr)
             sys.stdout.flush()
             sys.stderr.flush()

@@ -187,12 +187,13 @@ REPRODUCTIONS = {
     # Session 29: per-pair link logits counted by a fixed read-out (model.readout=components), count labels only;
     # one core per run, side by side (mixed bfloat16: this machine has AVX512-BF16)
     "physics_count_components": ("test", [
-        ("RN, components read-out, Adam 3e-4", "configs/physics_count_components.yaml",
-         "runs/physics_count_components", ["train.learning_rate=3e-4", "train.time_limit_minutes=95"]),
+        ("RN, components read-out, Adam 3e-4, 60 epochs", "configs/physics_count_components.yaml",
+         "runs/physics_count_components",
+         ["train.learning_rate=3e-4", "train.epochs=60", "train.time_limit_minutes=95"]),
         # stopped by hand after epoch 24 of 60 and resumed with the cosine schedule stretched to 80 epochs
-        ("RN, components read-out, Adam 1e-3", "configs/physics_count_components.yaml",
+        ("RN, components read-out, Adam 1e-3, 80 epochs", "configs/physics_count_components.yaml",
          "runs/physics_count_components_lr1e-3",
-         [["train.time_limit_minutes=95"], ["train.epochs=80", "train.time_limit_minutes=110"]])]),
+         [["train.epochs=60", "train.time_limit_minutes=95"], ["train.time_limit_minutes=110"]])]),
     "nth_farthest": ("test", [("RMC", "configs/nth_farthest.yaml", "runs/nth_farthest"),
                               ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm"),
                               ("RN (all vectors at once)", "configs/nth_farthest.yaml", "runs/nth_farthest_rn",
