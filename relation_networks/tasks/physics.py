@@ -164,14 +164,18 @@ class SystemCount(keras.layers.Layer):
             return self.closure_steps
         return max(int(np.ceil(np.log2(max(self.num_balls - 1, 1)))), 0)
 
-    def count(self, link_logits):
-        """The soft number of systems `[B]` (float32)."""
+    def link_probabilities(self, link_logits):
+        """Step 1: the probability `[B, n, n]` that each pair is linked (float32)."""
         if not self.built:  # called directly rather than through __call__
             self.build(link_logits.shape)
-        n = self.num_balls
         links = keras.ops.sigmoid(keras.ops.cast(link_logits, "float32") + self.offset)
-        eye = keras.ops.eye(n, dtype="float32")
-        reach = keras.ops.reshape(links, (-1, n, n)) * (1.0 - eye) + eye
+        return keras.ops.reshape(links, (-1, self.num_balls, self.num_balls))
+
+    def count(self, link_logits):
+        """The soft number of systems `[B]` (float32)."""
+        links = self.link_probabilities(link_logits)
+        eye = keras.ops.eye(self.num_balls, dtype="float32")
+        reach = links * (1.0 - eye) + eye
         for _ in range(self._steps()):
             reach = keras.ops.max(reach[:, :, :, None] * reach[:, None, :, :], axis=2)  # [B, i, k, j] = r_ik r_kj
         return keras.ops.sum(1.0 / keras.ops.sum(reach, axis=-1), axis=-1)
@@ -198,9 +202,7 @@ def implied_links(model, balls, batch_size=500):
                         "compute link probabilities.")
     pair_logits = keras.Model(model.inputs, model.get_layer("pair_logits").output)
     logits = pair_logits.predict({"balls": balls}, batch_size=batch_size, verbose=0)
-    offset = float(keras.ops.convert_to_numpy(model.get_layer("system_count").offset))
-    n = balls.shape[1]
-    return (1.0 / (1.0 + np.exp(-np.clip(logits + offset, -60.0, 60.0)))).reshape(-1, n, n)
+    return keras.ops.convert_to_numpy(model.get_layer("system_count").link_probabilities(logits))
 
 
 def link_metrics(probabilities, connections):
@@ -212,17 +214,11 @@ def link_metrics(probabilities, connections):
     n = truth.shape[-1]
     upper = np.triu(np.ones((n, n), bool), 1)
     scores, labels = probabilities[:, upper], truth[:, upper]
-    positive, negative = scores[labels], scores[~labels]
-    order = np.argsort(np.concatenate([positive, negative]), kind="stable")
-    values = np.concatenate([positive, negative])[order]
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1)
-    # average ranks over ties (rank-sum form of the Mann-Whitney U statistic)
-    _, first, counts = np.unique(values, return_index=True, return_counts=True)
-    for start, count in zip(first, counts):
-        if count > 1:
-            ranks[order[start:start + count]] = start + (count + 1) / 2
-    auc = ((ranks[:len(positive)].sum() - len(positive) * (len(positive) + 1) / 2) / (len(positive) * len(negative))
+    positive, negative = scores[labels], np.sort(scores[~labels])
+    # per linked pair: the unlinked pairs scored below it, plus half of those scored the same
+    below = np.searchsorted(negative, positive, side="left")
+    not_above = np.searchsorted(negative, positive, side="right")
+    auc = ((below + not_above).sum() / 2 / (len(positive) * len(negative))
            if len(positive) and len(negative) else float("nan"))
     predicted = scores > 0.5
     hard = np.zeros(truth.shape, bool)
