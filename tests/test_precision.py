@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -10,13 +11,29 @@ from conftest import run_tool, tiny_sort_of_clevr_overrides
 
 @pytest.mark.parametrize("flags, expected", [
     ({"avx2", "fma", "amx_bf16", "amx_tile"}, "mixed_bfloat16"),  # Intel Sapphire Rapids and later
-    ({"avx2", "avx512f", "avx512_bf16"}, "mixed_bfloat16"),  # e.g. AMD Zen 4, Intel Cooper Lake
     ({"avx2", "fma", "avx512f", "avx512bw"}, "float32"),  # AVX-512 without its bfloat16 instructions
     ({"avx2", "fma"}, "float32"),
     (set(), "float32"),  # no /proc/cpuinfo (macOS, Windows)
 ])
 def test_auto_follows_the_cpu_flags(flags, expected):
-    assert precision.resolve("auto", flags=flags) == expected
+    # A speed-up that would pick bfloat16 if it were asked for: these flags decide without measuring.
+    assert precision.resolve("auto", flags=flags, speedup=3.0) == expected
+    assert precision.resolve("auto", flags=flags, speedup=0.5) == expected
+
+
+@pytest.mark.parametrize("speedup, expected", [
+    (2.0, "mixed_bfloat16"),  # seen on an AMD EPYC with AVX512-BF16
+    (0.6, "float32"),  # seen on an Intel Xeon with AVX512-BF16 and no AMX exposed
+    (1.1, "float32"),  # not enough to pay for the casts
+])
+def test_auto_with_avx512_bf16_alone_follows_the_measured_speed(speedup, expected):
+    assert precision.resolve("auto", flags={"avx2", "avx512f", "avx512_bf16"}, speedup=speedup) == expected
+
+
+def test_the_bfloat16_measurement_is_a_positive_ratio_taken_once():
+    first = precision.bfloat16_speedup(rows=256, width=64, calls=2, repeats=2)
+    assert first > 0
+    assert precision.bfloat16_speedup() == first  # cached for the process: every resolve() in it agrees
 
 
 @pytest.mark.parametrize("explicit", ["float32", "mixed_bfloat16"])
@@ -47,7 +64,13 @@ def test_training_with_auto_uses_this_machines_precision(tmp_path):
         "train.precision=auto", "train.max_steps=2", "train.eval_splits=[val]"]
     result = run_tool("train", "--config", "configs/sort_of_clevr.yaml", *[a for o in overrides for a in ("--set", o)])
     assert result.returncode == 0, result.stderr[-2000:]
-    resolved = precision.resolve("auto")
-    assert f"precision auto -> {resolved}" in result.stdout + result.stderr
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["hardware"]["bfloat16_native"] == (resolved == "mixed_bfloat16")
+    resolved = re.search(r"precision auto -> (\w+)", result.stdout + result.stderr).group(1)
+    hardware = json.loads((tmp_path / "run" / "metrics.json").read_text())["hardware"]
+    flags = set(hardware["bfloat16_cpu_flags"])
+    if "amx_bf16" in flags:
+        assert resolved == "mixed_bfloat16"
+    elif flags:  # measured in the training process, and the measurement is recorded beside the result
+        assert resolved == ("mixed_bfloat16" if hardware["bfloat16_speedup"] >= precision.MIN_BFLOAT16_SPEEDUP
+                            else "float32")
+    else:
+        assert resolved == precision.resolve("auto")  # float32 unless a GPU with bfloat16 is present
