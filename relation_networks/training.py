@@ -131,6 +131,8 @@ def bfloat16_text(hw):
     if "bfloat16_native" not in hw:
         return None
     flags = ", ".join(hw.get("bfloat16_cpu_flags") or [])
+    if "bfloat16_speedup" in hw:  # measured by train.precision=auto
+        flags += f"; matmuls {hw['bfloat16_speedup']:.2f}x as fast as float32"
     answer = "no" if not hw["bfloat16_native"] else f"yes ({flags})" if flags else "yes (GPU)"
     return f"bfloat16 in hardware: {answer}"
 

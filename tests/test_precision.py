@@ -74,3 +74,14 @@ def test_training_with_auto_uses_this_machines_precision(tmp_path):
                             else "float32")
     else:
         assert resolved == precision.resolve("auto")  # float32 unless a GPU with bfloat16 is present
+
+
+def test_results_name_the_bfloat16_hardware_and_the_measured_speed():
+    from relation_networks.training import bfloat16_text
+
+    assert bfloat16_text({"bfloat16_native": False, "bfloat16_cpu_flags": []}) == "bfloat16 in hardware: no"
+    assert bfloat16_text({"bfloat16_native": True, "bfloat16_cpu_flags": ["amx_bf16"]}) == (
+        "bfloat16 in hardware: yes (amx_bf16)")
+    measured = {"bfloat16_native": True, "bfloat16_cpu_flags": ["avx512_bf16"], "bfloat16_speedup": 0.6149}
+    assert bfloat16_text(measured) == "bfloat16 in hardware: yes (avx512_bf16; matmuls 0.61x as fast as float32)"
+    assert bfloat16_text({"cpu": "written before train.precision=auto"}) is None

@@ -36,3 +36,18 @@ import reproduce
 print(reproduce._replacing(["a.x=1", "train.epochs=50", "b=[1,2]"], train__epochs=48, model__extra="y"))
 """)
     assert output.strip() == "['a.x=1', 'train.epochs=48', 'b=[1,2]', 'model.extra=y']"
+
+
+def test_hardware_line_names_each_machine_when_runs_trained_on_several():
+    output = _run("""
+import reproduce
+amd = {"cpu": "AMD EPYC", "cores": 2, "tensorflow": "2.21.0", "keras": "3.15.1"}
+intel = dict(amd, cpu="Intel(R) Xeon(R) Processor")
+print(reproduce._hardware_line([("a", "", "", {"hardware": amd}), ("b", "", "", {"hardware": amd})]))
+print(reproduce._hardware_line([("a", "", "", {"hardware": amd}), ("b", "", "", {"hardware": intel}),
+                                ("c", "", "", {"hardware": amd})]))
+""")
+    same, mixed = output.strip().splitlines()
+    assert same == "AMD EPYC, 2 cores, TensorFlow 2.21.0, Keras 3.15.1"
+    assert mixed == ("AMD EPYC, 2 cores, TensorFlow 2.21.0, Keras 3.15.1 (a, c); "
+                     "Intel(R) Xeon(R) Processor, 2 cores, TensorFlow 2.21.0, Keras 3.15.1 (b)")

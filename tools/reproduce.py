@@ -193,7 +193,15 @@ REPRODUCTIONS = {
         # stopped by hand after epoch 24 of 60 and resumed with the cosine schedule stretched to 80 epochs
         ("RN, components read-out, Adam 1e-3, 80 epochs", "configs/physics_count_components.yaml",
          "runs/physics_count_components_lr1e-3",
-         [["train.epochs=60", "train.time_limit_minutes=95"], ["train.time_limit_minutes=110"]])]),
+         [["train.epochs=60", "train.time_limit_minutes=95"], ["train.time_limit_minutes=110"]]),
+        # Session 30, an Intel Xeon (AVX512-BF16 slower than float32 there), both cores: started for 110 epochs,
+        # stopped after epoch 6, resumed for 100 and stopped after epoch 8 once the speed on a quiet machine was
+        # known, resumed for 120 (the directory renamed before each resume)
+        ("RN, components read-out, Adam 1e-3, 120 epochs, float32", "configs/physics_count_components.yaml",
+         "runs/physics_count_components_120",
+         [["train.epochs=110", "train.precision=float32", "train.time_limit_minutes=118"],
+          ["train.epochs=100", "train.precision=float32", "train.time_limit_minutes=115"],
+          ["train.epochs=120", "train.precision=float32", "train.time_limit_minutes=125"]])]),
     "nth_farthest": ("test", [("RMC", "configs/nth_farthest.yaml", "runs/nth_farthest"),
                               ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm"),
                               ("RN (all vectors at once)", "configs/nth_farthest.yaml", "runs/nth_farthest_rn",
@@ -313,14 +321,23 @@ def section(task, split, runs):
             if m.get("best")]
     if best:
         info += ["", "Evaluated models kept by validation rather than the last:", *best]
-    from relation_networks.training import hardware_text
-
-    hardware = runs[0][3]["hardware"]
     return (
-        f"Split: `{split}` ({reports[0][1]['examples']:,} examples). Hardware: {hardware_text(hardware)}.\n\n"
+        f"Split: `{split}` ({reports[0][1]['examples']:,} examples). Hardware: {_hardware_line(runs)}.\n\n"
         f"{header}\n" + "\n".join(rows) + "\n\n" + "\n".join(info) + "\n\n" + "\n".join(figures) + "\n\n"
         f"Regenerate: `python tools/reproduce.py --task {task}` (add `--train` to train the runs first).\n"
     )
+
+
+def _hardware_line(runs):
+    """The machine the runs trained on; where they differ, each machine with the runs trained on it."""
+    from relation_networks.training import hardware_text
+
+    machines = {}
+    for label, _, _, m in runs:
+        machines.setdefault(hardware_text(m["hardware"]), []).append(label)
+    if len(machines) == 1:
+        return next(iter(machines))
+    return "; ".join(f"{text} ({', '.join(labels)})" for text, labels in machines.items())
 
 
 def _archive_dir(run_dir):
