@@ -14,7 +14,7 @@ therefore resolves per machine:
     anything else                                             -> float32
 
 AVX512-BF16 alone is not enough to decide: on an AMD EPYC with it a one-core bfloat16 matmul ran at about twice the
-float32 rate, while on an Intel Xeon with it (and AVX512-FP16, but no AMX exposed) it ran at about 0.6 times
+float32 rate, while on an Intel Xeon with it (and AVX512-FP16, but no AMX exposed) it ran at 0.65-0.77 times
 (docs/RESULTS.md, "Which precision `auto` picks"). The measurement takes about a second, once per process.
 
 Variables are float32 under both policies, so a checkpoint written under one resumes under the other.

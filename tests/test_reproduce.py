@@ -49,5 +49,5 @@ print(reproduce._hardware_line([("a", "", "", {"hardware": amd}), ("b", "", "", 
 """)
     same, mixed = output.strip().splitlines()
     assert same == "AMD EPYC, 2 cores, TensorFlow 2.21.0, Keras 3.15.1"
-    assert mixed == ("AMD EPYC, 2 cores, TensorFlow 2.21.0, Keras 3.15.1 (a, c); "
-                     "Intel(R) Xeon(R) Processor, 2 cores, TensorFlow 2.21.0, Keras 3.15.1 (b)")
+    assert mixed == ("AMD EPYC, 2 cores, TensorFlow 2.21.0, Keras 3.15.1 ('a', 'c'); "
+                     "Intel(R) Xeon(R) Processor, 2 cores, TensorFlow 2.21.0, Keras 3.15.1 ('b')")

@@ -193,15 +193,17 @@ REPRODUCTIONS = {
         # stopped by hand after epoch 24 of 60 and resumed with the cosine schedule stretched to 80 epochs
         ("RN, components read-out, Adam 1e-3, 80 epochs", "configs/physics_count_components.yaml",
          "runs/physics_count_components_lr1e-3",
-         [["train.epochs=60", "train.time_limit_minutes=95"], ["train.time_limit_minutes=110"]]),
-        # Session 30, an Intel Xeon (AVX512-BF16 slower than float32 there), both cores: started for 110 epochs,
-        # stopped after epoch 6, resumed for 100 and stopped after epoch 8 once the speed on a quiet machine was
-        # known, resumed for 120 (the directory renamed before each resume)
-        ("RN, components read-out, Adam 1e-3, 120 epochs, float32", "configs/physics_count_components.yaml",
-         "runs/physics_count_components_120",
+         [["train.epochs=60", "train.time_limit_minutes=95"], ["train.epochs=80", "train.time_limit_minutes=110"]]),
+        # Session 30, an Intel Xeon (AVX512-BF16 slower than float32 there), both cores: started for 110 epochs and
+        # stopped after epoch 6 (tests and probes had slowed it), resumed for 100 and stopped after epoch 8 (it ran
+        # faster alone), resumed for 120 and stopped after epoch 18 (the speed had settled: 120 would not end within
+        # the session), resumed for 100; the directory renamed before each resume
+        ("RN, components read-out, Adam 1e-3, 100 epochs, float32", "configs/physics_count_components.yaml",
+         "runs/physics_count_components_100",
          [["train.epochs=110", "train.precision=float32", "train.time_limit_minutes=118"],
           ["train.epochs=100", "train.precision=float32", "train.time_limit_minutes=115"],
-          ["train.epochs=120", "train.precision=float32", "train.time_limit_minutes=125"]])]),
+          ["train.epochs=120", "train.precision=float32", "train.time_limit_minutes=125"],
+          ["train.epochs=100", "train.precision=float32", "train.time_limit_minutes=110"]])]),
     "nth_farthest": ("test", [("RMC", "configs/nth_farthest.yaml", "runs/nth_farthest"),
                               ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm"),
                               ("RN (all vectors at once)", "configs/nth_farthest.yaml", "runs/nth_farthest_rn",
@@ -337,7 +339,7 @@ def _hardware_line(runs):
         machines.setdefault(hardware_text(m["hardware"]), []).append(label)
     if len(machines) == 1:
         return next(iter(machines))
-    return "; ".join(f"{text} ({', '.join(labels)})" for text, labels in machines.items())
+    return "; ".join(f"{text} ({', '.join(repr(label) for label in labels)})" for text, labels in machines.items())
 
 
 def _archive_dir(run_dir):
