@@ -93,7 +93,7 @@ def resolve(precision, flags=None, speedup=None):
     flags = cpu_flags() if flags is None else set(flags)
     if "amx_bf16" in flags or _gpu_has_bfloat16():
         return "mixed_bfloat16"
-    if not native_bfloat16(flags):
+    if "avx512_bf16" not in flags:
         return "float32"
     speedup = bfloat16_speedup() if speedup is None else speedup
     return "mixed_bfloat16" if speedup >= MIN_BFLOAT16_SPEEDUP else "float32"
