@@ -113,6 +113,9 @@ def test_tiny_training_evaluation_and_export(config, extra, tmp_path_factory):
         assert "accuracy" in report["metrics"] and np.array(report["extra"][next(iter(report["extra"]))]).sum() == 16
     if config == "physics_count_components":
         _check_link_probe(run_dir, base)
+        averaged = run_tool("evaluate", "--run", run_dir, "--symmetries", "--json", str(base / "sym.json"))
+        assert averaged.returncode == 0, averaged.stderr[-3000:]
+        assert json.load(open(base / "sym.json"))["extra"]["averaged_over_symmetries"] == 8
     elif config == "physics_count" and not extra:  # a summed read-out has no link probabilities to read
         probe = run_tool("probe_physics_links", "--model", run_dir)
         assert probe.returncode == 2 and "no components read-out" in probe.stderr, probe.stderr[-2000:]
@@ -386,6 +389,52 @@ def test_augmentation_only_in_training_and_keeps_every_label(tmp_path):
         assert physics.components(expected) == physics.components(connections.reshape(10, 10))
         changed += not np.array_equal(new_balls, balls)
     assert changed >= 5
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_symmetries_are_the_tables_eight_images_and_predictions_average_over_them():
+    from relation_networks import config as config_lib
+    from relation_networks import tasks
+    from relation_networks.errors import UserError
+
+    task = tasks.get("physics")
+    config = config_lib.load("configs/physics_count_components.yaml", [])
+    balls = np.random.default_rng(0).uniform(-1, 1, (3, 10, 33)).astype(np.float32)
+    views = [view({"balls": balls})["balls"] for view in task.symmetries(config)]
+    assert len(views) == 8
+    np.testing.assert_array_equal(views[0], balls)  # the identity first
+    for scene in range(3):
+        for ball in range(10):  # each view moves every ball of every scene by one and the same table symmetry
+            images = _dihedral_images(balls[scene, ball, :32])
+            assert all(sum(np.array_equal(v[scene, ball, :32], im) for v in views) == 1 for im in images)
+    for v in views:
+        np.testing.assert_array_equal(v[..., 32], balls[..., 32])
+
+    def fake_model(features):  # depends on the orientation: logits from the mean x and mean y of each scene
+        b = features["balls"]
+        return np.stack([b[..., :16].mean((1, 2)), 2 * b[..., 16:32].mean((1, 2)), np.zeros(3)], -1)
+
+    averaged = task.symmetric_predictor(fake_model, config)({"balls": balls})
+    mx, my = balls[..., :16].mean((1, 2)), balls[..., 16:32].mean((1, 2))
+    expected = np.mean([_softmax(np.stack([a, 2 * b, np.zeros(3)], -1))
+                        for sx in (1, -1) for sy in (1, -1) for a, b in ((sx * mx, sy * my), (sy * my, sx * mx))], 0)
+    np.testing.assert_allclose(_softmax(averaged), expected, rtol=1e-6)
+
+    links = config_lib.load("configs/physics_connections.yaml", [])
+    weights = np.random.default_rng(1).normal(size=(330, 100))
+    link_model = lambda features: features["balls"].reshape(3, -1) @ weights  # noqa: E731
+    averaged = task.symmetric_predictor(link_model, links)({"balls": balls})
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    np.testing.assert_allclose(sigmoid(averaged), np.mean([sigmoid(link_model({"balls": v})) for v in views], 0),
+                               rtol=1e-6, atol=1e-9)
+
+    no_symmetries = tasks.get("sort_of_clevr")
+    with pytest.raises(UserError, match="no symmetries"):
+        no_symmetries.symmetric_predictor(fake_model, config_lib.load("configs/sort_of_clevr.yaml", []))
 
 
 def test_context_stage_lets_every_pair_see_the_other_balls(tmp_path):

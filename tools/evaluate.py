@@ -2,6 +2,7 @@
 
     python tools/evaluate.py --run runs/sort_of_clevr [--split test] [--json out.json] [--set data.dir=...]
     python tools/evaluate.py --model saved_models/sort_of_clevr/1 --split test
+    python tools/evaluate.py --run runs/physics_count --symmetries   # averaged over the table's 8 symmetries
 
 `--json` writes the report (keys: task, split, examples, metrics, groups, paper, extra).
 """
@@ -20,6 +21,8 @@ flags.DEFINE_string("split", "test", "Split to evaluate.")
 flags.DEFINE_string("json", None, "Also write the report as JSON to this path.")
 flags.DEFINE_multi_string("set", [], "Override a config value, e.g. --set data.dir=/path (repeatable).")
 flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.")
+flags.DEFINE_boolean("symmetries", False, "Average each prediction over the task's label-preserving symmetries "
+                     "(physics: the 8 reflections and rotations of the table) instead of a single pass.")
 
 
 @_common.main_wrapper
@@ -30,7 +33,11 @@ def main(argv):
     config, predict = inference.load_predictor(FLAGS.run or FLAGS.model, FLAGS.set)
     task = tasks.get(config.task)
     task.prepare(config)
+    if FLAGS.symmetries:
+        predict = task.symmetric_predictor(predict, config)
     report = task.evaluate(predict, config, FLAGS.split, batch_size=FLAGS.batch_size)
+    if FLAGS.symmetries:
+        report.extra["averaged_over_symmetries"] = len(task.symmetries(config))
     print(report.table())
     if FLAGS.json:
         atomic_write_json(FLAGS.json, report.to_json())

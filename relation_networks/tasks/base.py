@@ -5,6 +5,7 @@ import tensorflow as tf
 import keras
 
 from relation_networks.config import ConfigError
+from relation_networks.errors import UserError
 from relation_networks.evaluation import Report
 
 
@@ -136,6 +137,31 @@ class Task:
     def evaluate(self, predict_fn, config, split, batch_size=256):
         """A `Report` of `predict_fn` on `split` with the paper's breakdown."""
         raise NotImplementedError
+
+    def symmetries(self, config):
+        """Transformations of a batch's features that leave every label unchanged (e.g. reflections of a table-top
+        scene): a list of `fn(features dict of NumPy arrays) -> features dict`, the identity first. Empty (the
+        default) where the task has none. `symmetric_predictor` averages a model's outputs over them."""
+        return []
+
+    def symmetric_predictor(self, predict_fn, config):
+        """`predict_fn` averaged over the task's `symmetries` (`tools/evaluate.py --symmetries`): each batch is
+        predicted once per symmetry and the probabilities are averaged (softmax, or sigmoid per output where
+        `multilabel`); the result is returned as logits of that average, so every metric reads it unchanged."""
+        views = self.symmetries(config)
+        if not views:
+            raise UserError(f"Task {self.name!r} defines no symmetries to average predictions over.")
+        multilabel = self.multilabel(config)
+
+        def predict(features):
+            outputs = np.stack([np.asarray(predict_fn(view(features)), np.float64) for view in views])
+            if multilabel:
+                p = np.clip(np.mean(1.0 / (1.0 + np.exp(-outputs)), axis=0), 1e-12, 1 - 1e-12)
+                return np.log(p) - np.log1p(-p)
+            shifted = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
+            return np.log(np.maximum(np.mean(shifted / shifted.sum(-1, keepdims=True), axis=0), 1e-300))
+
+        return predict
 
     def paper_results(self, config):
         """The paper's results for this config's model, keyed like the report's metrics and groups."""

@@ -252,6 +252,19 @@ def augment(balls, connections, seed, frames):
     return renamed, tf.reshape(matrix, (batch, n * n))
 
 
+def table_symmetry(flip_x, flip_y, swap, frames):
+    """One of the eight symmetries of the square table (`Physics.symmetries`) as `fn(features) -> features`:
+    negate x, negate y, then swap x and y, in every frame of every ball. Connections and systems are unchanged."""
+    def view(features):
+        balls = features["balls"]
+        x, y, colour = balls[..., :frames], balls[..., frames:2 * frames], balls[..., 2 * frames:]
+        x, y = (-x if flip_x else x), (-y if flip_y else y)
+        if swap:
+            x, y = y, x
+        return {**features, "balls": np.concatenate([x, y, colour], axis=-1)}
+    return view
+
+
 @keras.saving.register_keras_serializable(package="relation_networks")
 class PairContext(keras.layers.Layer):
     """Objects `[B, n, d]` and per-pair messages `[B, n, n, c]` -> `[B, n, d + c]`: each object's row with the mean
@@ -419,6 +432,10 @@ class Physics(Task):
 
     def multilabel(self, config):
         return config.data.target == "connections"
+
+    def symmetries(self, config):
+        return [table_symmetry(flip_x, flip_y, swap, config.data.frames)
+                for flip_x in (False, True) for flip_y in (False, True) for swap in (False, True)]
 
     def paper_results(self, config):
         if config.model.type != "rn":
