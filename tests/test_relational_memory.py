@@ -151,6 +151,51 @@ def test_nth_farthest_answers_by_independent_computation(max_vectors):
         nf.generate(2, seed=0, num_vectors=6, max_vectors=5)
 
 
+def test_nth_farthest_max_dim_pads_the_vectors_with_zeros_and_keeps_every_answer():
+    plain = nf.generate(200, seed=5, num_vectors=6, vector_dim=3)
+    padded = nf.generate(200, seed=5, num_vectors=6, vector_dim=3, max_dim=7)
+    assert padded["inputs"].shape == (200, 6, nf.input_dim(6, 3, None, 7)) == (200, 6, 7 + 3 * 6)
+    for key in ("answers", "vectors", "ids", "reference", "rank", "order"):
+        np.testing.assert_array_equal(padded[key], plain[key])
+    np.testing.assert_array_equal(padded["inputs"][..., :3], plain["inputs"][..., :3])
+    np.testing.assert_array_equal(padded["inputs"][..., 3:7], 0.0)
+    np.testing.assert_array_equal(padded["inputs"][..., 7:], plain["inputs"][..., 3:])
+    for i in range(200):  # the answer recomputed from what the model is shown: the padded rows and their one-hots
+        rows = padded["inputs"][i]
+        shown_ids, m, n = rows[:, 7:13].argmax(-1), rows[0, 13:19].argmax(), rows[0, 19:25].argmax() + 1
+        vector = {k: row[:7] for k, row in zip(shown_ids, rows)}
+        ranked = sorted((k for k in shown_ids if k != m), key=lambda k: -np.linalg.norm(vector[k] - vector[m]))
+        assert padded["answers"][i] == ranked[n - 1]
+    inputs, labels = nf.sub_task("farthest", 50, 7, 6, 3, None, 7)
+    np.testing.assert_array_equal(inputs[..., 7 + 2 * 6:], np.eye(6)[np.zeros(50 * 6, int)].reshape(50, 6, 6))
+    np.testing.assert_array_equal(labels, nf.sub_task("farthest", 50, 7, 6, 3)[1])
+    with pytest.raises(ValueError, match="max_dim"):
+        nf.generate(2, seed=0, vector_dim=4, max_dim=3)
+
+
+def test_nth_farthest_curriculum_resumes_on_more_dimensions(tmp_path):
+    """Trained on 2 of up to 4 dims, a run resumes on 4: same weights, the input as wide; 5 dims are refused."""
+    run_dir = str(tmp_path / "run")
+    sets = ["data.num_vectors=3", "data.max_dim=4", "data.train_size=128", "data.val_size=32", "data.test_size=32",
+            "model.mem_slots=2", "model.head_size=4", "model.num_heads=2", "model.mlp_units=[8]",
+            "train.batch_size=32", f"run_dir={run_dir}"]
+    args = ["--config", "configs/nth_farthest.yaml"] + [a for s in sets for a in ("--set", s)]
+    first = run_tool("train", *args, "--set", "data.vector_dim=2", "--set", "train.epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_tool("train", *args, "--set", "data.vector_dim=4", "--set", "train.epochs=2")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Resumed from" in second.stdout + second.stderr
+    model = keras.models.load_model(os.path.join(run_dir, "model.keras"))
+    assert model.input_shape == (None, 3, 4 + 9) and model.output_shape == (None, 3)
+    refused = run_tool("train", *args, "--set", "data.vector_dim=5", "--set", "train.epochs=3")
+    assert refused.returncode != 0 and "data.max_dim (4) must be at least data.vector_dim (5)" in refused.stderr
+    assert config_lib.load(os.path.join(run_dir, "config.yaml")).data.vector_dim == 4  # the run is left as it was
+    from relation_networks.tasks.nth_farthest import build_model
+
+    config = config_lib.load("configs/nth_farthest.yaml", ["data.max_dim=20", "model.type=rn", "model.g_units=[8]"])
+    assert build_model(config.model, config.data).input_shape == (None, 8, 20 + 3 * 8)
+
+
 def test_nth_farthest_curriculum_resumes_on_more_vectors(tmp_path):
     """Trained on 3 of up to 5 ids, a run resumes on 5 vectors: same weights, longer sequences, every rank scored."""
     run_dir = str(tmp_path / "run")

@@ -68,7 +68,7 @@ def main(argv):
     from relation_networks.errors import UserError
     from relation_networks.evaluation import input_dependent_share
     from relation_networks.io import atomic_write_json
-    from relation_networks.tasks.nth_farthest import build_model, id_width
+    from relation_networks.tasks.nth_farthest import build_model, id_width, vector_width
 
     predict = None
     if FLAGS.model:
@@ -96,7 +96,7 @@ def main(argv):
     model.compile(keras.optimizers.Adam(config.train.learning_rate),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     val_x, val_y = nf.sub_task(FLAGS.target, FLAGS.val_samples, d.val_seed, d.num_vectors, d.vector_dim,
-                               id_width(d))
+                               id_width(d), vector_width(d))
     if FLAGS.input_dependence:
         core = keras.Model(model.inputs, model.get_layer(config.model.type).output)
         share = input_dependent_share(core.predict({"sequence": val_x}, batch_size=1024, verbose=0))
@@ -113,7 +113,7 @@ def main(argv):
     while done < FLAGS.steps:
         steps = min(FLAGS.eval_every_steps, FLAGS.steps - done)
         x, y = nf.sub_task(FLAGS.target, steps * config.train.batch_size, FLAGS.seed * 1_000_003 + done,
-                           d.num_vectors, d.vector_dim, id_width(d))
+                           d.num_vectors, d.vector_dim, id_width(d), vector_width(d))
         history = model.fit(x, y, batch_size=config.train.batch_size, epochs=1, shuffle=False, verbose=0)
         done += steps
         accuracy = float(np.mean(model.predict(val_x, batch_size=1024, verbose=0).argmax(-1) == val_y))

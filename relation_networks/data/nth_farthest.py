@@ -7,7 +7,9 @@ step, in random order, each step's input being `[vector, one-hot id, one-hot m, 
 
 The one-hots are `max_vectors` wide (by default `num_vectors`). With more room than vectors, each sample's ids are
 a random subset of `0 .. max_vectors - 1`, so that a model trained on fewer vectors has the shapes of, and has
-seen every id of, the larger instance (a curriculum over the number of vectors).
+seen every id of, the larger instance (a curriculum over the number of vectors). Likewise the vectors are shown
+`max_dim` wide (by default `vector_dim`), zero-padded: distances do not change, and a model trained on fewer
+dimensions has the shapes of the larger instance (a curriculum over the number of dimensions).
 """
 
 import numpy as np
@@ -21,8 +23,16 @@ def id_width(num_vectors, max_vectors=None):
     return width
 
 
-def input_dim(num_vectors, vector_dim, max_vectors=None):
-    return vector_dim + 3 * id_width(num_vectors, max_vectors)
+def vector_width(vector_dim, max_dim=None):
+    """Width of each step's vector: `max_dim` (the vector zero-padded), or `vector_dim` if it is None."""
+    width = vector_dim if max_dim is None else max_dim
+    if width < vector_dim:
+        raise ValueError(f"max_dim ({max_dim}) must be at least vector_dim ({vector_dim}).")
+    return width
+
+
+def input_dim(num_vectors, vector_dim, max_vectors=None, max_dim=None):
+    return vector_width(vector_dim, max_dim) + 3 * id_width(num_vectors, max_vectors)
 
 
 def _by_distance(vectors, reference):
@@ -34,15 +44,17 @@ def _by_distance(vectors, reference):
     return np.argsort(-distance, axis=1, kind="stable")
 
 
-def generate(num_samples, seed, num_vectors=8, vector_dim=16, max_vectors=None):
+def generate(num_samples, seed, num_vectors=8, vector_dim=16, max_vectors=None, max_dim=None):
     """Returns `inputs` float32 `[num_samples, num_vectors, input_dim(...)]`, `answers` int32 `[num_samples]` (an
     id), the raw `vectors` `[num_samples, num_vectors, vector_dim]`, their `ids` `[num_samples, num_vectors]`
     (`arange(num_vectors)` on every row unless `max_vectors` is larger), `reference` and `rank` `[num_samples]`
     (the reference's index into `vectors`; rank 1 = farthest), and `order` `[num_samples, num_vectors]` (the index
-    of the vector shown at each time step)."""
+    of the vector shown at each time step). `max_dim` pads the shown vectors with zeros; the draws, answers and
+    `vectors` do not depend on it."""
     if num_vectors < 2:
         raise ValueError("num_vectors must be at least 2.")
     width = id_width(num_vectors, max_vectors)
+    padding = vector_width(vector_dim, max_dim) - vector_dim
     rng = np.random.default_rng(seed)
     vectors = rng.uniform(-1.0, 1.0, size=(num_samples, num_vectors, vector_dim)).astype(np.float32)
     reference = rng.integers(0, num_vectors, size=num_samples)
@@ -56,7 +68,7 @@ def generate(num_samples, seed, num_vectors=8, vector_dim=16, max_vectors=None):
     answers = ids[rows, _by_distance(vectors, reference)[rows, rank - 1]].astype(np.int32)
 
     eye = np.eye(width, dtype=np.float32)
-    shown = np.take_along_axis(vectors, order[..., None], axis=1)
+    shown = np.pad(np.take_along_axis(vectors, order[..., None], axis=1), ((0, 0), (0, 0), (0, padding)))
     inputs = np.concatenate(
         [
             shown,
@@ -86,7 +98,7 @@ def by_length(data):
 SUB_TASKS = ("largest_x", "largest_norm", "reference_sign", "farthest", "full")
 
 
-def sub_task(target, num_samples, seed, num_vectors=8, vector_dim=16, max_vectors=None):
+def sub_task(target, num_samples, seed, num_vectors=8, vector_dim=16, max_vectors=None, max_dim=None):
     """`(inputs, labels)` for a piece of the task on the task's own inputs (`tools/probe_nth_farthest.py`):
 
         largest_x       id of the vector with the largest first coordinate
@@ -99,7 +111,7 @@ def sub_task(target, num_samples, seed, num_vectors=8, vector_dim=16, max_vector
     0/1 for `reference_sign`)."""
     if target not in SUB_TASKS:
         raise ValueError(f"Unknown sub-task {target!r}; expected one of {', '.join(SUB_TASKS)}.")
-    d = generate(num_samples, seed, num_vectors, vector_dim, max_vectors)
+    d = generate(num_samples, seed, num_vectors, vector_dim, max_vectors, max_dim)
     inputs, labels, rows = d["inputs"], d["answers"], np.arange(num_samples)
     if target == "largest_x":
         labels = d["ids"][rows, d["vectors"][..., 0].argmax(-1)]
@@ -109,7 +121,8 @@ def sub_task(target, num_samples, seed, num_vectors=8, vector_dim=16, max_vector
         labels = d["vectors"][rows, d["reference"], 0] > 0
     elif target == "farthest":
         labels = d["ids"][rows, _by_distance(d["vectors"], d["reference"])[:, 0]]
-        rank_column = vector_dim + 2 * id_width(num_vectors, max_vectors)  # after the id and reference one-hots
+        # after the (padded) vector and the id and reference one-hots
+        rank_column = vector_width(vector_dim, max_dim) + 2 * id_width(num_vectors, max_vectors)
         inputs = inputs.copy()
         inputs[..., rank_column:] = 0.0
         inputs[..., rank_column] = 1.0

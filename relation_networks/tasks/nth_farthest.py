@@ -25,6 +25,9 @@ class NthFarthestData:
     # num_vectors, each sample's ids are a random subset of 0 .. max_vectors - 1: a model trained on fewer vectors
     # then has the shapes of the larger instance and resumes on it (a curriculum over the number of vectors).
     max_vectors: typing.Optional[int] = None
+    # Width of each step's vector (unset: vector_dim): the vectors zero-padded to it, which leaves every distance as
+    # it is, so a model trained on fewer dimensions resumes on more (a curriculum over the number of dimensions).
+    max_dim: typing.Optional[int] = None
     train_size: int = 100_000  # fresh samples every epoch, seeded by the run seed and the epoch
     val_size: int = 5_000
     test_size: int = 10_000
@@ -59,17 +62,27 @@ def id_width(data_config):
     return width
 
 
+def vector_width(data_config):
+    """Width of each step's vector: `data.max_dim`, or `data.vector_dim` if unset."""
+    try:
+        return nf.vector_width(data_config.vector_dim, data_config.max_dim)
+    except ValueError as e:
+        raise ConfigError(f"data.max_dim ({data_config.max_dim}) must be at least data.vector_dim "
+                          f"({data_config.vector_dim}), or unset.") from e
+
+
 def build_model(model_config, data_config):
-    """Input `sequence` float32 `[B, num_vectors, vector_dim + 3 * ids]`, output logits over the `ids` (`id_width`).
-    The recurrent core is unrolled over the fixed sequence length (TFLite builtin ops, dynamic batch); its weights
-    do not depend on that length, so a run resumes with another `data.num_vectors` of the same `id_width`."""
-    steps, ids = data_config.num_vectors, id_width(data_config)
-    sequence = keras.Input((steps, nf.input_dim(steps, data_config.vector_dim, ids)), name="sequence")
+    """Input `sequence` float32 `[B, num_vectors, vector_width + 3 * ids]`, output logits over the `ids`
+    (`id_width`). The recurrent core is unrolled over the fixed sequence length (TFLite builtin ops, dynamic batch);
+    its weights do not depend on that length, so a run resumes with another `data.num_vectors` of the same
+    `id_width`, or another `data.vector_dim` of the same `vector_width`."""
+    steps, ids, dims = data_config.num_vectors, id_width(data_config), vector_width(data_config)
+    sequence = keras.Input((steps, dims + 3 * ids), name="sequence")
     if model_config.type == "rn":
         if model_config.input_mlp_units or model_config.input_norm:
             raise ConfigError("model.input_mlp_units and model.input_norm are for the recurrent models (rmc, lstm); "
                               "the rn reads the vectors as they are.")
-        width = data_config.vector_dim + ids
+        width = dims + ids
         objects, question = sequence[:, :, :width], sequence[:, 0, width:]  # the question is on every step
         logits = RelationModule(model_config.g_units, list(model_config.mlp_units) + [ids],
                                 name="relation_module")(objects, question=question)
@@ -98,7 +111,7 @@ class NthFarthest(Task):
         if split not in sizes:
             raise DataError(f"Unknown nth_farthest split {split!r}; expected train, val or test.")
         seed = {"train": seed, "val": d.val_seed, "test": d.test_seed}[split]
-        return nf.generate(sizes[split], seed, d.num_vectors, d.vector_dim, id_width(d))
+        return nf.generate(sizes[split], seed, d.num_vectors, d.vector_dim, id_width(d), vector_width(d))
 
     def num_examples(self, config, split):
         return {"train": config.data.train_size, "val": config.data.val_size, "test": config.data.test_size}[split]
