@@ -203,7 +203,13 @@ REPRODUCTIONS = {
          [["train.epochs=110", "train.precision=float32", "train.time_limit_minutes=118"],
           ["train.epochs=100", "train.precision=float32", "train.time_limit_minutes=115"],
           ["train.epochs=120", "train.precision=float32", "train.time_limit_minutes=125"],
-          ["train.epochs=100", "train.precision=float32", "train.time_limit_minutes=110"]])]),
+          ["train.epochs=100", "train.precision=float32", "train.time_limit_minutes=110"]]),
+        # Session 31, the same Xeon: a second seed of the 100-epoch recipe, stopped after epoch 33 (the unit tests had
+        # slowed it, so its first time limit would have ended it before epoch 100) and resumed with a longer one
+        ("RN, components read-out, Adam 1e-3, 100 epochs, float32, seed 1", "configs/physics_count_components.yaml",
+         "runs/physics_count_components_100_seed1",
+         [["seed=1", "train.precision=float32", "train.time_limit_minutes=118"],
+          ["seed=1", "train.precision=float32", "train.time_limit_minutes=160"]])]),
     "nth_farthest": ("test", [("RMC", "configs/nth_farthest.yaml", "runs/nth_farthest"),
                               ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm"),
                               ("RN (all vectors at once)", "configs/nth_farthest.yaml", "runs/nth_farthest_rn",
