@@ -173,13 +173,18 @@ def test_nth_farthest_max_dim_pads_the_vectors_with_zeros_and_keeps_every_answer
         nf.generate(2, seed=0, vector_dim=4, max_dim=3)
 
 
+def _tiny_rmc_args(run_dir, *instance):
+    """`tools/train.py` arguments for a tiny nth-farthest RMC run: `instance` (`key=value` overrides of the data
+    instance) on top of small data sets and a small core, so runs resume in the same `run_dir`."""
+    sets = [*instance, "data.train_size=128", "data.val_size=32", "data.test_size=32", "model.mem_slots=2",
+            "model.head_size=4", "model.num_heads=2", "model.mlp_units=[8]", "train.batch_size=32", f"run_dir={run_dir}"]
+    return ["--config", "configs/nth_farthest.yaml"] + [a for s in sets for a in ("--set", s)]
+
+
 def test_nth_farthest_curriculum_resumes_on_more_dimensions(tmp_path):
     """Trained on 2 of up to 4 dims, a run resumes on 4: same weights, the input as wide; 5 dims are refused."""
     run_dir = str(tmp_path / "run")
-    sets = ["data.num_vectors=3", "data.max_dim=4", "data.train_size=128", "data.val_size=32", "data.test_size=32",
-            "model.mem_slots=2", "model.head_size=4", "model.num_heads=2", "model.mlp_units=[8]",
-            "train.batch_size=32", f"run_dir={run_dir}"]
-    args = ["--config", "configs/nth_farthest.yaml"] + [a for s in sets for a in ("--set", s)]
+    args = _tiny_rmc_args(run_dir, "data.num_vectors=3", "data.max_dim=4")
     first = run_tool("train", *args, "--set", "data.vector_dim=2", "--set", "train.epochs=1")
     assert first.returncode == 0, first.stderr[-3000:]
     second = run_tool("train", *args, "--set", "data.vector_dim=4", "--set", "train.epochs=2")
@@ -199,10 +204,7 @@ def test_nth_farthest_curriculum_resumes_on_more_dimensions(tmp_path):
 def test_nth_farthest_curriculum_resumes_on_more_vectors(tmp_path):
     """Trained on 3 of up to 5 ids, a run resumes on 5 vectors: same weights, longer sequences, every rank scored."""
     run_dir = str(tmp_path / "run")
-    sets = ["data.max_vectors=5", "data.vector_dim=2", "data.train_size=128", "data.val_size=32", "data.test_size=32",
-            "model.mem_slots=2", "model.head_size=4", "model.num_heads=2", "model.mlp_units=[8]",
-            "train.batch_size=32", f"run_dir={run_dir}"]
-    args = ["--config", "configs/nth_farthest.yaml"] + [a for s in sets for a in ("--set", s)]
+    args = _tiny_rmc_args(run_dir, "data.max_vectors=5", "data.vector_dim=2")
     first = run_tool("train", *args, "--set", "data.num_vectors=3", "--set", "train.epochs=1")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "rank_2" in first.stdout and "rank_3" not in first.stdout

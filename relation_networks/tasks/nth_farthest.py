@@ -55,11 +55,11 @@ class NthFarthestModel(RelationalMemorySettings):
 
 def id_width(data_config):
     """The one-hots' width and number of answer classes: `data.max_vectors`, or `data.num_vectors` if unset."""
-    width = data_config.num_vectors if data_config.max_vectors is None else data_config.max_vectors
-    if width < data_config.num_vectors:
+    try:
+        return nf.id_width(data_config.num_vectors, data_config.max_vectors)
+    except ValueError as e:
         raise ConfigError(f"data.max_vectors ({data_config.max_vectors}) must be at least data.num_vectors "
-                          f"({data_config.num_vectors}), or unset.")
-    return width
+                          f"({data_config.num_vectors}), or unset.") from e
 
 
 def vector_width(data_config):
