@@ -209,7 +209,12 @@ REPRODUCTIONS = {
         ("RN, components read-out, Adam 1e-3, 100 epochs, float32, seed 1", "configs/physics_count_components.yaml",
          "runs/physics_count_components_100_seed1",
          [["seed=1", "train.precision=float32", "train.time_limit_minutes=118"],
-          ["seed=1", "train.precision=float32", "train.time_limit_minutes=160"]])]),
+          ["seed=1", "train.precision=float32", "train.time_limit_minutes=160"]]),
+        # Session 32, the same Xeon: the decay stretched to 120 epochs, seed 0, in one go (two exploratory one-core
+        # Nth-farthest runs beside it at nice 19)
+        ("RN, components read-out, Adam 1e-3, 120 epochs, float32", "configs/physics_count_components.yaml",
+         "runs/physics_count_components_120",
+         ["train.epochs=120", "train.precision=float32", "train.time_limit_minutes=152"])]),
     "nth_farthest": ("test", [("RMC", "configs/nth_farthest.yaml", "runs/nth_farthest"),
                               ("LSTM", "configs/nth_farthest_lstm.yaml", "runs/nth_farthest_lstm"),
                               ("RN (all vectors at once)", "configs/nth_farthest.yaml", "runs/nth_farthest_rn",
