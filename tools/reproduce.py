@@ -205,11 +205,12 @@ REPRODUCTIONS = {
           ["train.epochs=120", "train.precision=float32", "train.time_limit_minutes=125"],
           ["train.epochs=100", "train.precision=float32", "train.time_limit_minutes=110"]]),
         # Session 31, the same Xeon: a second seed of the 100-epoch recipe, stopped after epoch 33 (the unit tests had
-        # slowed it, so its first time limit would have ended it before epoch 100) and resumed with a longer one
+        # slowed it, so its first time limit would have ended it before epoch 100) and resumed with a longer one;
+        # trained when the config decayed over 100 epochs, which the overrides now state
         ("RN, components read-out, Adam 1e-3, 100 epochs, float32, seed 1", "configs/physics_count_components.yaml",
          "runs/physics_count_components_100_seed1",
-         [["seed=1", "train.precision=float32", "train.time_limit_minutes=118"],
-          ["seed=1", "train.precision=float32", "train.time_limit_minutes=160"]]),
+         [["seed=1", "train.epochs=100", "train.precision=float32", "train.time_limit_minutes=118"],
+          ["seed=1", "train.epochs=100", "train.precision=float32", "train.time_limit_minutes=160"]]),
         # Session 32, the same Xeon: the decay stretched to 120 epochs, seed 0, in one go (two exploratory one-core
         # Nth-farthest runs beside it at nice 19)
         ("RN, components read-out, Adam 1e-3, 120 epochs, float32", "configs/physics_count_components.yaml",
