@@ -89,6 +89,14 @@ def _lstm296(curriculum):
             for stage in curriculum[:-1] + [_replacing(curriculum[-1], train__epochs=150)]]
 
 
+def _dimension_curriculum():
+    """Session 33: a curriculum over the dimension on 4 vectors in one run directory, every vector zero-padded to 16
+    dims (`data.max_dim=16`) and the ids 8 wide throughout: 2 dims up to 25 minutes of training, 4 up to 55, 8 up
+    to 85, 16 up to 120 (400 epochs, so that only the minutes end a stage)."""
+    return [_ids_8(4, vector_dim, minutes) + ["data.max_dim=16", "train.epochs=400"]
+            for vector_dim, minutes in ((2, 25), (4, 55), (8, 85), (16, 120))]
+
+
 # Session 22: the curriculum on 2 dims; session 27: on the paper's 16
 _CURRICULUM = _curriculum(2)
 _CURRICULUM_16 = _curriculum(16)
@@ -256,12 +264,19 @@ REPRODUCTIONS = {
         ("RMC, 120 minutes", "configs/nth_farthest.yaml", "runs/nf16x4_rmc120", _ids_8(4, 16, 120)),
         ("LSTM, 296 units, 31 minutes", "configs/nth_farthest_lstm.yaml", "runs/nf16x4_lstm296_31",
          _ids_8(4, 16, 31) + ["model.lstm_units=296", "train.epochs=300"])]),
+    # Session 33: 4 vectors, the dimension growing 2 -> 4 -> 8 -> 16; the RMC and the LSTM-296 each alone on a core
+    "nth_farthest_dim_curriculum": ("test", [
+        ("RMC, dims 2 -> 4 -> 8 -> 16", "configs/nth_farthest.yaml", "runs/nf_dimcurr16_rmc",
+         _dimension_curriculum()),
+        ("LSTM, 296 units, dims 2 -> 4 -> 8 -> 16", "configs/nth_farthest_lstm.yaml", "runs/nf_dimcurr16_lstm296",
+         [stage + ["model.lstm_units=296"] for stage in _dimension_curriculum()])]),
 }
 
 # Reproductions that compare runs by wall-clock time (an equal budget, a longer one for the model behind, or a run
 # continued for longer): their section also plots every run's validation accuracy against its minutes of training.
 EQUAL_TIME = {"nth_farthest_4x2", "nth_farthest_8x2", "nth_farthest_6x2", "nth_farthest_6x2_qkv_norm",
-              "nth_farthest_curriculum", "nth_farthest_curriculum16", "nth_farthest_4x16", "babi"}
+              "nth_farthest_curriculum", "nth_farthest_curriculum16", "nth_farthest_4x16", "nth_farthest_dim_curriculum",
+              "babi"}
 
 
 FLAGS = flags.FLAGS
