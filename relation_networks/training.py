@@ -463,7 +463,13 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
             per_replica = input_context.get_per_replica_batch_size(global_batch) // group
             ds = task.training_dataset(config, seed=config.seed * 100_003 + epoch, input_context=input_context)
             ds = ds.batch(per_replica, drop_remainder=True).take(steps_per_epoch).skip(skip)
-            return ds.prefetch(tf.data.AUTOTUNE)
+            # Without tf.data's autotuning: its model thread sleeps up to 60 s between optimisations and an
+            # iterator's destructor waits for it, so replacing the epoch's iterator stalled every epoch's start by
+            # up to a minute (45-59 s per epoch of the RMC on nth_farthest, outside train_seconds). AUTOTUNE then
+            # means one call per core (parallel maps) and a buffer sized as the consumer waits (prefetch).
+            options = tf.data.Options()
+            options.autotune.enabled = False
+            return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
         return make
 
