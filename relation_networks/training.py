@@ -465,8 +465,8 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
             ds = ds.batch(per_replica, drop_remainder=True).take(steps_per_epoch).skip(skip)
             # Without tf.data's autotuning: its model thread sleeps up to 60 s between optimisations and an
             # iterator's destructor waits for it, so replacing the epoch's iterator stalled every epoch's start by
-            # up to a minute (45-59 s per epoch of the RMC on nth_farthest, outside train_seconds). AUTOTUNE then
-            # means one call per core (parallel maps) and a buffer sized as the consumer waits (prefetch).
+            # up to a minute (45-59 s per epoch of the RMC on nth_farthest, outside train_seconds). AUTOTUNE values
+            # (parallel maps, prefetch) then take tf.data's untuned defaults; the data and its order do not change.
             options = tf.data.Options()
             options.autotune.enabled = False
             return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
