@@ -275,8 +275,8 @@ REPRODUCTIONS = {
 # Reproductions that compare runs by wall-clock time (an equal budget, a longer one for the model behind, or a run
 # continued for longer): their section also plots every run's validation accuracy against its minutes of training.
 EQUAL_TIME = {"nth_farthest_4x2", "nth_farthest_8x2", "nth_farthest_6x2", "nth_farthest_6x2_qkv_norm",
-              "nth_farthest_curriculum", "nth_farthest_curriculum16", "nth_farthest_4x16", "nth_farthest_dim_curriculum",
-              "babi"}
+              "nth_farthest_curriculum", "nth_farthest_curriculum16", "nth_farthest_4x16",
+              "nth_farthest_dim_curriculum", "babi"}
 
 
 FLAGS = flags.FLAGS
