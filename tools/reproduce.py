@@ -270,13 +270,22 @@ REPRODUCTIONS = {
          _dimension_curriculum()),
         ("LSTM, 296 units, dims 2 -> 4 -> 8 -> 16", "configs/nth_farthest_lstm.yaml", "runs/nf_dimcurr16_lstm296",
          [stage + ["model.lstm_units=296"] for stage in _dimension_curriculum()])]),
+    # Session 34: the same curriculum for two smaller RMCs with 2 heads, whose steps cost less (memory 4 x 64 runs
+    # about as many steps a second as the LSTM-296), each alone on a core; session 33's LSTM-296 beside them
+    "nth_farthest_dim_curriculum_small": ("test", [
+        ("RMC, 4 slots x 2 heads x 32", "configs/nth_farthest.yaml", "runs/nf_dimcurr16_rmc4x2x32",
+         [stage + ["model.head_size=32", "model.num_heads=2"] for stage in _dimension_curriculum()]),
+        ("RMC, 4 slots x 2 heads x 64", "configs/nth_farthest.yaml", "runs/nf_dimcurr16_rmc4x2x64",
+         [stage + ["model.num_heads=2"] for stage in _dimension_curriculum()]),
+        ("LSTM, 296 units (session 33)", "configs/nth_farthest_lstm.yaml", "runs/nf_dimcurr16_lstm296",
+         [stage + ["model.lstm_units=296"] for stage in _dimension_curriculum()])]),
 }
 
 # Reproductions that compare runs by wall-clock time (an equal budget, a longer one for the model behind, or a run
 # continued for longer): their section also plots every run's validation accuracy against its minutes of training.
 EQUAL_TIME = {"nth_farthest_4x2", "nth_farthest_8x2", "nth_farthest_6x2", "nth_farthest_6x2_qkv_norm",
               "nth_farthest_curriculum", "nth_farthest_curriculum16", "nth_farthest_4x16",
-              "nth_farthest_dim_curriculum", "babi"}
+              "nth_farthest_dim_curriculum", "nth_farthest_dim_curriculum_small", "babi"}
 
 
 FLAGS = flags.FLAGS
