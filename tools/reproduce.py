@@ -97,6 +97,9 @@ def _dimension_curriculum():
             for vector_dim, minutes in ((2, 25), (4, 55), (8, 85), (16, 120))]
 
 
+# the LSTM with the RMC's number of parameters through it (session 33)
+_DIMENSION_CURRICULUM_LSTM296 = [stage + ["model.lstm_units=296"] for stage in _dimension_curriculum()]
+
 # Session 22: the curriculum on 2 dims; session 27: on the paper's 16
 _CURRICULUM = _curriculum(2)
 _CURRICULUM_16 = _curriculum(16)
@@ -269,16 +272,16 @@ REPRODUCTIONS = {
         ("RMC, dims 2 -> 4 -> 8 -> 16", "configs/nth_farthest.yaml", "runs/nf_dimcurr16_rmc",
          _dimension_curriculum()),
         ("LSTM, 296 units, dims 2 -> 4 -> 8 -> 16", "configs/nth_farthest_lstm.yaml", "runs/nf_dimcurr16_lstm296",
-         [stage + ["model.lstm_units=296"] for stage in _dimension_curriculum()])]),
-    # Session 34: the same curriculum for two smaller RMCs with 2 heads, whose steps cost less (memory 4 x 64 runs
-    # about as many steps a second as the LSTM-296), each alone on a core; session 33's LSTM-296 beside them
+         _DIMENSION_CURRICULUM_LSTM296)]),
+    # Session 34: the same curriculum for two smaller RMCs with 2 heads, whose steps cost less (4 slots x 2 heads x 32
+    # runs about as many steps a second as the LSTM-296), each alone on a core; session 33's LSTM-296 beside them
     "nth_farthest_dim_curriculum_small": ("test", [
         ("RMC, 4 slots x 2 heads x 32", "configs/nth_farthest.yaml", "runs/nf_dimcurr16_rmc4x2x32",
          [stage + ["model.head_size=32", "model.num_heads=2"] for stage in _dimension_curriculum()]),
         ("RMC, 4 slots x 2 heads x 64", "configs/nth_farthest.yaml", "runs/nf_dimcurr16_rmc4x2x64",
          [stage + ["model.num_heads=2"] for stage in _dimension_curriculum()]),
         ("LSTM, 296 units (session 33)", "configs/nth_farthest_lstm.yaml", "runs/nf_dimcurr16_lstm296",
-         [stage + ["model.lstm_units=296"] for stage in _dimension_curriculum()])]),
+         _DIMENSION_CURRICULUM_LSTM296)]),
 }
 
 # Reproductions that compare runs by wall-clock time (an equal budget, a longer one for the model behind, or a run
