@@ -89,16 +89,12 @@ def _lstm296(curriculum):
             for stage in curriculum[:-1] + [_replacing(curriculum[-1], train__epochs=150)]]
 
 
-def _dimension_curriculum():
+def _dimension_curriculum(*model_overrides):
     """Session 33: a curriculum over the dimension on 4 vectors in one run directory, every vector zero-padded to 16
     dims (`data.max_dim=16`) and the ids 8 wide throughout: 2 dims up to 25 minutes of training, 4 up to 55, 8 up
-    to 85, 16 up to 120 (400 epochs, so that only the minutes end a stage)."""
-    return [_ids_8(4, vector_dim, minutes) + ["data.max_dim=16", "train.epochs=400"]
+    to 85, 16 up to 120 (400 epochs, so that only the minutes end a stage). `model_overrides` end every stage."""
+    return [_ids_8(4, vector_dim, minutes) + ["data.max_dim=16", "train.epochs=400", *model_overrides]
             for vector_dim, minutes in ((2, 25), (4, 55), (8, 85), (16, 120))]
-
-
-# the LSTM with the RMC's number of parameters through it (session 33)
-_DIMENSION_CURRICULUM_LSTM296 = [stage + ["model.lstm_units=296"] for stage in _dimension_curriculum()]
 
 # Session 22: the curriculum on 2 dims; session 27: on the paper's 16
 _CURRICULUM = _curriculum(2)
@@ -272,16 +268,16 @@ REPRODUCTIONS = {
         ("RMC, dims 2 -> 4 -> 8 -> 16", "configs/nth_farthest.yaml", "runs/nf_dimcurr16_rmc",
          _dimension_curriculum()),
         ("LSTM, 296 units, dims 2 -> 4 -> 8 -> 16", "configs/nth_farthest_lstm.yaml", "runs/nf_dimcurr16_lstm296",
-         _DIMENSION_CURRICULUM_LSTM296)]),
+         _dimension_curriculum("model.lstm_units=296"))]),
     # Session 34: the same curriculum for two smaller RMCs with 2 heads, whose steps cost less (4 slots x 2 heads x 32
     # runs about as many steps a second as the LSTM-296), each alone on a core; session 33's LSTM-296 beside them
     "nth_farthest_dim_curriculum_small": ("test", [
         ("RMC, 4 slots x 2 heads x 32", "configs/nth_farthest.yaml", "runs/nf_dimcurr16_rmc4x2x32",
-         [stage + ["model.head_size=32", "model.num_heads=2"] for stage in _dimension_curriculum()]),
+         _dimension_curriculum("model.head_size=32", "model.num_heads=2")),
         ("RMC, 4 slots x 2 heads x 64", "configs/nth_farthest.yaml", "runs/nf_dimcurr16_rmc4x2x64",
-         [stage + ["model.num_heads=2"] for stage in _dimension_curriculum()]),
+         _dimension_curriculum("model.num_heads=2")),
         ("LSTM, 296 units (session 33)", "configs/nth_farthest_lstm.yaml", "runs/nf_dimcurr16_lstm296",
-         _DIMENSION_CURRICULUM_LSTM296)]),
+         _dimension_curriculum("model.lstm_units=296"))]),
 }
 
 # Reproductions that compare runs by wall-clock time (an equal budget, a longer one for the model behind, or a run
