@@ -30,6 +30,7 @@ from relation_networks import distribute, precision, tasks
 from relation_networks.errors import UserError
 from relation_networks.io import atomic_path, atomic_write_json
 from relation_networks.optimizers import LayerwiseAdam
+from relation_networks.tasks.base import prefetched
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
@@ -463,13 +464,7 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
             per_replica = input_context.get_per_replica_batch_size(global_batch) // group
             ds = task.training_dataset(config, seed=config.seed * 100_003 + epoch, input_context=input_context)
             ds = ds.batch(per_replica, drop_remainder=True).take(steps_per_epoch).skip(skip)
-            # Without tf.data's autotuning: its model thread sleeps up to 60 s between optimisations and an
-            # iterator's destructor waits for it, so replacing the epoch's iterator stalled every epoch's start by
-            # up to a minute (45-59 s per epoch of the RMC on nth_farthest, outside train_seconds). AUTOTUNE values
-            # (parallel maps, prefetch) then take tf.data's untuned defaults; the data and its order do not change.
-            options = tf.data.Options()
-            options.autotune.enabled = False
-            return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+            return prefetched(ds)  # without autotuning: replacing an epoch's iterator stalled up to a minute
 
         return make
 

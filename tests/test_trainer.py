@@ -13,8 +13,9 @@ import tensorflow as tf
 
 from conftest import ROOT, tiny_sort_of_clevr_overrides
 from relation_networks import config as config_lib
-from relation_networks import inference, training
+from relation_networks import inference, tasks, training
 from relation_networks.errors import UserError
+from relation_networks.tasks import base
 
 STEPS_PER_EPOCH = 48 * 20 // 32
 
@@ -253,3 +254,23 @@ def test_a_resumed_run_whose_time_budget_is_spent_trains_no_further_step(tmp_pat
     metrics = training.train(_config(tmp_path, "train.epochs=3", "train.time_limit_minutes=1e-6"), log=lines.append)
     assert metrics["step"] == 5 and metrics["stopped"] == "time_limit" and "test" in metrics["evaluation"]
     assert any("Stopped at step 5" in line for line in lines)
+
+
+def test_pipelines_iterated_from_python_run_without_autotuning(monkeypatch):
+    """tf.data's autotuner sleeps up to 60 s between rounds and a dropped iterator waits for it: evaluation passes go
+    through `prefetched`, which turns it off and changes no element and no order."""
+    ds = tf.data.Dataset.range(10).map(lambda x: 2 * x, num_parallel_calls=tf.data.AUTOTUNE)
+    assert ds.options().autotune.enabled is not False
+    quiet = base.prefetched(ds)
+    assert quiet.options().autotune.enabled is False
+    assert list(quiet.as_numpy_iterator()) == list(range(0, 20, 2))
+
+    original, iterated = base.prefetched, []
+    monkeypatch.setattr(base, "prefetched", lambda d: iterated.append(original(d)) or iterated[-1])
+    config = config_lib.load(os.path.join(ROOT, "configs/nth_farthest_lstm.yaml"), [
+        "data.num_vectors=3", "data.vector_dim=2", "data.val_size=40", "model.lstm_units=4", "model.mlp_units=[4]"])
+    task = tasks.get("nth_farthest")
+    model = task.build_model(config)
+    report = task.evaluate(lambda f: model(f, training=False), config, "val", batch_size=16)
+    assert report.examples == 40 and len(iterated) == 1
+    assert iterated[0].options().autotune.enabled is False

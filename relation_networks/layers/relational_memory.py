@@ -153,9 +153,10 @@ class RelationalMemory(keras.layers.Layer):
         if block["qkv_norm"] is not None:
             qkv = block["qkv_norm"](qkv)
         qkv = ops.transpose(ops.reshape(qkv, (-1, rows, self.num_heads, 2 * self.key_size + self.head_size)), (0, 2, 1, 3))
-        q = qkv[..., : self.key_size] * (self.key_size**-0.5)
-        k = qkv[..., self.key_size : 2 * self.key_size]
-        v = qkv[..., 2 * self.key_size :]
+        # Split, not sliced: a slice's gradient scatters into zeros of the whole input (StridedSliceGrad), which took
+        # a quarter of a training step on a CPU; the gradient of a split is one concatenation.
+        q, k, v = ops.split(qkv, [self.key_size, 2 * self.key_size], axis=-1)
+        q = q * (self.key_size**-0.5)
         weights = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))), axis=-1)  # [B, H, R, R]
         attended = ops.matmul(weights, v)  # [B, H, R, head_size]
         return ops.reshape(ops.transpose(attended, (0, 2, 1, 3)), (-1, rows, self.mem_size))
@@ -178,7 +179,8 @@ class RelationalMemory(keras.layers.Layer):
     def call(self, inputs, states, training=None):
         memory = ops.reshape(states[0] if isinstance(states, (list, tuple)) else states, (-1, self.mem_slots, self.mem_size))
         projected = ops.expand_dims(self.input_projection(inputs), 1)  # [B, 1, M]
-        attended = self._attend_over_memory(ops.concatenate([memory, projected], axis=1))[:, : self.mem_slots]
+        attended, _ = ops.split(self._attend_over_memory(ops.concatenate([memory, projected], axis=1)),
+                                [self.mem_slots], axis=1)  # the input row dropped (a split, as above)
         if self.gate_style is None:
             next_memory = attended
         else:

@@ -22,7 +22,7 @@ from relation_networks.evaluation import grouped_accuracy
 from relation_networks.io import atomic_write_json
 from relation_networks.layers import POOLED_AGGREGATIONS, ConvObjectExtractor, RelationModule
 from relation_networks.models import logits_model
-from relation_networks.tasks.base import Task
+from relation_networks.tasks.base import Task, prefetched
 
 VOCAB_FILE = "clevr_vocab.json"
 PAPER_PIXELS = {"accuracy": 0.955, "count": 0.901, "exist": 0.978, "compare_numbers": 0.936,
@@ -212,7 +212,7 @@ class Clevr(Task):
         if not self.ensure_split(config, split)["has_answers"]:
             raise DataError(f"The CLEVR {split} split has no answers: it can only be predicted "
                             "(tools/predict.py on an exported model), not evaluated. Evaluate on val.")
-        ds = self._examples(config, split).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        ds = prefetched(self._examples(config, split).batch(batch_size))
         correct, categories = [], []
         for features, (answers, cats) in ds.as_numpy_iterator():
             correct.append(np.asarray(predict_fn(features)).argmax(-1) == answers)
