@@ -59,6 +59,47 @@ def test_memory_rows_interact():
     assert np.all(np.abs(a - b).max(axis=1) > 1e-4)
 
 
+
+def _layer_norm(x, layer):
+    gamma, beta = layer.get_weights()
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + layer.epsilon) * gamma + beta
+
+
+def _dense(x, layer):
+    kernel, bias = layer.get_weights()
+    return x @ kernel + bias
+
+
+@pytest.mark.parametrize("gate_style", ["unit", "memory"])
+def test_one_step_matches_an_independent_numpy_computation(gate_style):
+    """One step against NumPy: [memory; input] rows, per head queries | keys | values (keys 3 wide, values 4) and a
+    softmax over the rows, residual + layer norm, MLP + residual + layer norm, the input row dropped, gates."""
+    slots, heads, key, value = 3, 2, 3, 4
+    cell = RelationalMemory(slots, value, num_heads=heads, key_size=key, gate_style=gate_style, input_bias=0.5,
+                            qkv_norm=False)
+    rng = np.random.default_rng(5)
+    x, state = rng.normal(size=(2, 5)).astype("float32"), rng.normal(size=(2, slots * heads * value)).astype("float32")
+    out, _ = cell(x, [state])
+    memory = state.reshape(2, slots, heads * value)
+    projected = _dense(x, cell.input_projection)[:, None]
+    rows = np.concatenate([memory, projected], axis=1)
+    block = cell.blocks[0]
+    qkv = _dense(rows, block["qkv"]).reshape(2, slots + 1, heads, 2 * key + value)
+    q, k, v = qkv[..., :key] / np.sqrt(key), qkv[..., key:2 * key], qkv[..., 2 * key:]
+    logits = np.einsum("brhk,bshk->bhrs", q, k)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    attended = np.einsum("bhrs,bshv->brhv", weights, v).reshape(2, slots + 1, heads * value)
+    rows = _layer_norm(rows + attended, block["attention_norm"])
+    hidden = _dense(np.maximum(_dense(rows, block["mlp"][0]), 0), block["mlp"][1])
+    rows = _layer_norm(rows + hidden, block["mlp_norm"])[:, :slots]
+    gates = _dense(np.tanh(memory), cell.memory_gates) + _dense(projected, cell.input_gates)
+    input_gate, forget_gate = np.split(gates, 2, axis=-1)
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    expected = sigmoid(input_gate + 0.5) * np.tanh(rows) + sigmoid(forget_gate + 1.0) * memory
+    np.testing.assert_allclose(out.numpy(), expected.reshape(2, -1), rtol=1e-4, atol=1e-5)
+
 def test_config_round_trip_and_saving(tmp_path):
     cell = RelationalMemory(mem_slots=2, head_size=4, num_heads=2, num_blocks=2, gate_style="memory",
                             attention_mlp_layers=3, key_size=5, forget_bias=0.5, input_bias=0.1)
