@@ -59,7 +59,6 @@ def test_memory_rows_interact():
     assert np.all(np.abs(a - b).max(axis=1) > 1e-4)
 
 
-
 def _layer_norm(x, layer):
     gamma, beta = layer.get_weights()
     mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
@@ -99,6 +98,7 @@ def test_one_step_matches_an_independent_numpy_computation(gate_style):
     sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
     expected = sigmoid(input_gate + 0.5) * np.tanh(rows) + sigmoid(forget_gate + 1.0) * memory
     np.testing.assert_allclose(out.numpy(), expected.reshape(2, -1), rtol=1e-4, atol=1e-5)
+
 
 def test_config_round_trip_and_saving(tmp_path):
     cell = RelationalMemory(mem_slots=2, head_size=4, num_heads=2, num_blocks=2, gate_style="memory",

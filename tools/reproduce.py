@@ -96,6 +96,7 @@ def _dimension_curriculum(*model_overrides):
     return [_ids_8(4, vector_dim, minutes) + ["data.max_dim=16", "train.epochs=400", *model_overrides]
             for vector_dim, minutes in ((2, 25), (4, 55), (8, 85), (16, 120))]
 
+
 # Session 22: the curriculum on 2 dims; session 27: on the paper's 16
 _CURRICULUM = _curriculum(2)
 _CURRICULUM_16 = _curriculum(16)
