@@ -12,6 +12,7 @@ import typing
 
 import yaml
 
+from relation_networks import registry
 from relation_networks.errors import UserError
 
 
@@ -24,6 +25,41 @@ def choice(default, choices):
     return dataclasses.field(default=default, metadata={"choices": tuple(choices)})
 
 
+def bounded(default, low=None, high=None, *, above=None, below=None, nonempty=False):
+    """A number (or a list of numbers, each checked) with `low <= value <= high`, `above < value < below`.
+
+    A list default becomes a default factory; `nonempty` requires at least one item. `None` passes (for
+    `Optional` fields, "unset").
+    """
+    metadata = {"low": low, "high": high, "above": above, "below": below, "nonempty": nonempty}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def positive(default, **kwargs):
+    """`bounded(default, above=0)`: a size, a count of steps, a rate."""
+    return bounded(default, above=0, **kwargs)
+
+
+def _check_bounds(value, metadata, key, where):
+    if value is None:
+        return
+    items = value if isinstance(value, list) else [value]
+    if metadata.get("nonempty") and not items:
+        raise ConfigError(f"{where}: '{key}' needs at least one value, got [].")
+    low, high, above, below = (metadata.get(k) for k in ("low", "high", "above", "below"))
+    for item in items:
+        if below is not None and not item < below:
+            raise ConfigError(f"{where}: '{key}' must be less than {below}, got {value!r}.")
+        if above is not None and not item > above:
+            raise ConfigError(f"{where}: '{key}' must be greater than {above}, got {value!r}.")
+        if low is not None and item < low:
+            raise ConfigError(f"{where}: '{key}' must be at least {low}, got {value!r}.")
+        if high is not None and item > high:
+            raise ConfigError(f"{where}: '{key}' must be at most {high}, got {value!r}.")
+
+
 @dataclasses.dataclass
 class DistributeConfig:
     strategy: str = choice("default", ("default", "mirrored", "multi_worker"))
@@ -33,23 +69,23 @@ class DistributeConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 64  # per worker; the global batch is batch_size x number of workers
+    epochs: int = positive(10)
+    batch_size: int = positive(64)  # per worker; the global batch is batch_size x number of workers
     optimizer: str = choice("adam", ("adam",))
-    learning_rate: float = 1e-4
+    learning_rate: float = positive(1e-4)
     # constant | cosine (decay to lr_min_fraction over the run) | doubling (warm-up: start at
     # learning_rate / 2**doublings and double every lr_doubling_epochs up to learning_rate).
     lr_schedule: str = choice("constant", ("constant", "cosine", "doubling"))
-    warmup_steps: int = 0
-    lr_min_fraction: float = 0.0
+    warmup_steps: int = bounded(0, low=0)
+    lr_min_fraction: float = bounded(0.0, 0.0, 1.0)
     # cosine: the decay spans only the last this fraction of the schedule's steps after the warm-up; the rate holds
     # at learning_rate before it (warm-up, hold, decay). 1.0: decay from the end of the warm-up.
-    lr_decay_fraction: float = 1.0
+    lr_decay_fraction: float = bounded(1.0, high=1.0, above=0.0)
     # The length of the cosine schedule in steps (default: epochs x steps per epoch). For a run stopped by
     # time_limit_minutes or max_steps: the steps it will reach, so that the decay ends where the run does.
-    lr_schedule_steps: typing.Optional[int] = None
-    lr_doublings: int = 0
-    lr_doubling_epochs: float = 20.0
+    lr_schedule_steps: typing.Optional[int] = positive(None)
+    lr_doublings: int = bounded(0, low=0)
+    lr_doubling_epochs: float = positive(20.0)
     # Per-layer learning-rate factors, e.g. {cnn: 0.2}: keys are layer paths (the leading names of a variable's
     # path, e.g. `cnn` or `relation_module/g_theta_0`); see `relation_networks.optimizers.LayerwiseAdam`.
     lr_multipliers: typing.Dict[str, float] = dataclasses.field(default_factory=dict)
@@ -58,12 +94,15 @@ class TrainConfig:
     precision: str = choice("float32", ("auto", "float32", "mixed_bfloat16"))
     jit_compile: bool = False
     shuffle: bool = True  # shuffle the training data (seeded per epoch); off only for equivalence tests
-    eval_batch_size: int = 256
-    checkpoint_every_steps: int = 500
-    keep_checkpoints: int = 3
-    log_every_steps: int = 50
-    max_steps: typing.Optional[int] = None  # stop early (smoke tests); epochs still define the schedule
-    time_limit_minutes: typing.Optional[float] = None  # stop (after a checkpoint) once this much training time is used
+    eval_batch_size: int = positive(256)
+    checkpoint_every_steps: int = positive(500)
+    keep_checkpoints: int = positive(3)
+    log_every_steps: int = positive(50)
+    # Also evaluate the validation split every this many steps (unset: at the end of each epoch only), so that a
+    # short run has validation points and `keep_best` can choose among them.
+    eval_every_steps: typing.Optional[int] = positive(None)
+    max_steps: typing.Optional[int] = positive(None)  # stop early (smoke tests); epochs still define the schedule
+    time_limit_minutes: typing.Optional[float] = positive(None)  # stop (after a checkpoint) once this much training time is used
     eval_splits: typing.List[str] = dataclasses.field(default_factory=lambda: ["val", "test"])
     # A validation metric (e.g. accuracy, scenes_all_correct; higher is better): keep the model of the evaluation
     # where it peaked in <run_dir>/best/, and make that model the run's model.keras and final evaluation.
@@ -71,7 +110,7 @@ class TrainConfig:
     # Precise batch norm: before every evaluation and before the model is saved, set each batch-norm layer's moving
     # statistics to the mean of its batch statistics over this many training batches (in training mode, the model
     # unchanged otherwise); 0 keeps the moving averages of training.
-    bn_recalibration_batches: int = 0
+    bn_recalibration_batches: int = bounded(0, low=0)
     distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
 
 
@@ -154,6 +193,7 @@ def _from_dict(cls, raw, prefix, where):
         key = f"{prefix}.{name}" if prefix else name
         if name in raw:
             values[name] = _convert(raw[name], hints[name], key, where, f.metadata.get("choices"))
+            _check_bounds(values[name], f.metadata, key, where)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}: required key '{key}' is missing.")
     return cls(**values)
@@ -207,18 +247,22 @@ def _fix_yaml_floats(node):
     return node
 
 
+def _seed(value, where):
+    seed = _convert(value, int, "seed", where)
+    _check_bounds(seed, {"low": 0}, "seed", where)
+    return seed
+
+
 def from_dict(raw, where="<config>"):
     """Build a validated `ExperimentConfig` from a plain dict (already overridden)."""
-    from relation_networks import tasks  # the registry; imported here to avoid an import cycle
-
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: the file must hold a mapping of keys to values.")
     raw = _fix_yaml_floats(raw)
     if "task" not in raw:
-        raise ConfigError(f"{where}: required key 'task' is missing. Known tasks: {', '.join(tasks.names())}.")
-    if raw["task"] not in tasks.names():
-        raise ConfigError(f"{where}: unknown task {raw['task']!r}. Known tasks: {', '.join(tasks.names())}.")
-    task = tasks.get(raw["task"])
+        raise ConfigError(f"{where}: required key 'task' is missing. Known tasks: {', '.join(registry.names())}.")
+    if raw["task"] not in registry.names():
+        raise ConfigError(f"{where}: unknown task {raw['task']!r}. Known tasks: {', '.join(registry.names())}.")
+    task = registry.get(raw["task"])
     unknown = sorted(set(raw) - {f.name for f in dataclasses.fields(ExperimentConfig)})
     if unknown:
         raise ConfigError(
@@ -236,7 +280,7 @@ def from_dict(raw, where="<config>"):
         data=_from_dict(task.data_config, raw.get("data"), "data", where),
         model=_from_dict(task.model_config, raw.get("model"), "model", where),
         train=train,
-        seed=_convert(raw.get("seed", 0), int, "seed", where),
+        seed=_seed(raw.get("seed", 0), where),
         run_dir=_convert(raw.get("run_dir"), typing.Optional[str], "run_dir", where),
     )
 

@@ -23,12 +23,40 @@ def atomic_path(path):
             os.remove(tmp)
 
 
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def work_directory(parent, label):
+    """A new directory `parent/.tmp-<label>-<host>-<pid>-<random>` to build output in before renaming it into place.
+
+    First removes the ones of the same `label` that a killed process (kill -9, a crash) of this host left behind:
+    their process id no longer runs. Those of live processes, or of other hosts sharing the filesystem, are kept.
+    """
+    import re
+    import socket
+
+    os.makedirs(parent, exist_ok=True)
+    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+    prefix = f".tmp-{label}-"
+    for name in os.listdir(parent):
+        match = re.fullmatch(re.escape(prefix) + re.escape(host) + r"-(\d+)-[^/]+", name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{prefix}{host}-{os.getpid()}-", dir=parent)
+
+
 @contextlib.contextmanager
 def atomic_directory(path):
     """Yield a temporary directory next to `path`; on success it becomes `path` (which must not exist)."""
     parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(path)}-", dir=parent)
+    tmp = work_directory(parent, os.path.basename(path))
     try:
         yield tmp
         os.rename(tmp, path)

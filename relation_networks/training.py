@@ -28,7 +28,7 @@ import tensorflow as tf
 from relation_networks import config as config_lib
 from relation_networks import distribute, precision, tasks
 from relation_networks.errors import UserError
-from relation_networks.io import atomic_path, atomic_write_json
+from relation_networks.io import atomic_path, atomic_write_json, atomic_write_text
 from relation_networks.optimizers import LayerwiseAdam
 from relation_networks.tasks.base import prefetched
 
@@ -365,8 +365,228 @@ def weights_digest(model):
     return digest.hexdigest()
 
 
+STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's list of the checkpoints in a directory
+
+
+def repair_state_file(directory, log=print):
+    """Rebuild a missing or unreadable checkpoint state file from the `ckpt-<step>` files in `directory`.
+
+    `tf.train.CheckpointManager` ignores a state file it cannot parse: training would start again at step 0 and
+    overwrite the checkpoints. The unreadable file is kept as `checkpoint.unreadable`; returns True if repaired.
+    """
+    import re
+
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return False
+    steps = sorted(int(m.group(1)) for m in (re.fullmatch(r"ckpt-(\d+)\.index", n) for n in names) if m)
+    if not steps:
+        return False
+    path = os.path.join(directory, STATE_FILE)
+    state = None
+    if os.path.exists(path):
+        try:
+            state = tf.train.get_checkpoint_state(directory)
+        except Exception:  # noqa: BLE001  a state file of binary garbage raises instead of warning
+            state = None
+        if state is None or not state.model_checkpoint_path:
+            import shutil
+
+            shutil.copyfile(path, path + ".unreadable")
+    if state is not None and state.model_checkpoint_path:
+        return False
+    # With the files' times: the manager keeps only checkpoints newer than `last_preserved_timestamp`.
+    times = [os.path.getmtime(os.path.join(directory, f"ckpt-{n}.index")) for n in steps]
+    lines = ([f'model_checkpoint_path: "ckpt-{steps[-1]}"'] + [f'all_model_checkpoint_paths: "ckpt-{n}"' for n in steps]
+             + [f"all_model_checkpoint_timestamps: {t!r}" for t in times]
+             + [f"last_preserved_timestamp: {min(times) - 1.0!r}"])
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    log(f"WARNING: the checkpoint state file {path} was missing or unreadable; rebuilt it from the checkpoints "
+        f"present (ckpt-{', ckpt-'.join(map(str, steps))}).")
+    return True
+
+
+class Checkpoints:
+    """The run's checkpoints: restore the newest readable one, save every `every` steps and when asked.
+
+    Every worker restores from the chief's directory (`read_dir`; shared storage on a real cluster); each writes
+    its own into `write_dir` (saving is collective), and only the chief's (`write_dir == read_dir`) are kept.
+    """
+
+    def __init__(self, checkpoint, read_dir, write_dir, keep, every, log=print):
+        repair_state_file(read_dir, log=log)
+        self.checkpoint, self.every, self.log = checkpoint, every, log
+        self.read_manager = tf.train.CheckpointManager(checkpoint, read_dir, max_to_keep=keep)
+        self.manager = self.read_manager if write_dir == read_dir else tf.train.CheckpointManager(
+            checkpoint, write_dir, max_to_keep=keep)
+
+    def restore(self):
+        """Restore the newest readable checkpoint; its path, or None when there is none."""
+        return restore_latest(self.checkpoint, self.read_manager, log=self.log)
+
+    def step_done(self, step):
+        if step % self.every == 0:
+            self.save(step)
+
+    def save(self, step):
+        """Save the state at `step`, unless the newest checkpoint already is that step's."""
+        latest = self.manager.latest_checkpoint
+        if latest is None or not latest.endswith(f"-{step}"):
+            self.manager.save(checkpoint_number=step)
+
+
+class TimeBudget:
+    """`train.time_limit_minutes`: the training time used so far (a checkpointed variable, so a resumed run
+    continues it) against the limit. `vote(flag)` combines the workers' answers, so all of them stop together."""
+
+    def __init__(self, seconds, minutes, vote=None):
+        self.seconds = seconds
+        self.limit = minutes * 60 if minutes else None
+        self.vote = vote
+
+    def add(self, seconds):
+        self.seconds.assign_add(seconds)
+
+    @property
+    def used(self):
+        return float(self.seconds.numpy())
+
+    def spent(self):
+        if self.limit is None:
+            return False
+        over = self.used >= self.limit
+        return bool(self.vote(over)) if self.vote else over
+
+
+class StopRequest:
+    """SIGTERM or SIGINT during training: note it, so the loop finishes the step, saves a checkpoint and stops
+    (a pre-empted job loses no step). A second signal interrupts at once. Signal handlers are only installed in
+    the main thread; elsewhere `requested` stays False."""
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    @property
+    def requested(self):
+        return self.signal is not None
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            self._restore()
+            raise KeyboardInterrupt
+        import signal
+
+        self.signal = signal.Signals(signum).name
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                number = getattr(signal, name)
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _restore(self):
+        import signal
+
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False
+
+
+class BatchNormCalibration:
+    """`train.bn_recalibration_batches`: precise batch-norm statistics for the model about to be evaluated or
+    saved, once per step reached. Every worker runs it (collective ops with synchronized batch norm)."""
+
+    def __init__(self, model, forward, batches, count, strategy, log=print):
+        self.model, self.forward, self.batches, self.count = model, forward, batches, count
+        self.strategy, self.log = strategy, log
+        self.calibrated_at = None
+
+    def __call__(self, step):
+        if not self.count or self.calibrated_at == step:
+            return
+        start = time.perf_counter()
+        count = recalibrate_batch_norm(self.model, self.forward, itertools.islice(self.batches(), self.count),
+                                       self.strategy)
+        self.calibrated_at = step
+        if count:
+            self.log(f"Batch-norm statistics re-estimated over {count} training batches "
+                     f"({time.perf_counter() - start:.0f} s).")
+
+
+class Evaluator:
+    """The task's evaluation of the model on a split, with its metrics logged to TensorBoard (`logs/<split>/`)."""
+
+    def __init__(self, task, config, model, run_dir, is_chief):
+        self.task, self.config = task, config
+        self.predict = _predict_function(model)  # once per run: a new function per evaluation would retrace
+        self.run_dir, self.is_chief = run_dir, is_chief
+        self.writers = {}
+
+    def writer(self, split):
+        if split not in self.writers:
+            self.writers[split] = (tf.summary.create_file_writer(os.path.join(self.run_dir, "logs", split))
+                                   if self.is_chief else tf.summary.create_noop_writer())
+        return self.writers[split]
+
+    def __call__(self, split, step=None):
+        """The split's `Report`; with `step`, its metrics are also written to TensorBoard at that step."""
+        report = _evaluate(self.task, self.predict, self.config, split)
+        if step is not None:
+            with self.writer(split).as_default(step=step):
+                for name, value in report.metrics.items():
+                    tf.summary.scalar(name, value)
+        return report
+
+    def close(self):
+        for writer in self.writers.values():
+            writer.close()
+
+
+class _Plan:
+    """The run's shape from the config and the data: batch sizes, steps per epoch and where training stops."""
+
+    def __init__(self, config, task, strategy, num_workers):
+        train_cfg = config.train
+        self.replicas = strategy.num_replicas_in_sync
+        self.global_batch = train_cfg.batch_size * num_workers
+        if self.global_batch % self.replicas:
+            raise UserError(f"train.batch_size x workers ({self.global_batch}) must be divisible by the "
+                            f"{self.replicas} replicas.")
+        self.group = task.training_group_size(config)
+        if (self.global_batch // self.replicas) % self.group:
+            raise UserError(
+                f"The batch per replica ({self.global_batch // self.replicas}) must be a multiple of the "
+                f"{self.group} examples the {task.name} task groups per training element.")
+        num_train = task.num_examples(config, "train")
+        self.steps_per_epoch = (num_train // num_workers) // train_cfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise UserError(
+                f"train.batch_size={train_cfg.batch_size} is larger than the training data per worker "
+                f"({num_train // num_workers} examples): lower train.batch_size.")
+        self.total_steps = train_cfg.epochs * self.steps_per_epoch
+        self.stop_step = min(self.total_steps, train_cfg.max_steps) if train_cfg.max_steps else self.total_steps
+
+    def epoch_end(self, step):
+        return step % self.steps_per_epoch == 0
+
+
 def train(config, log=print):
-    """Train (or resume) the experiment described by `config`; return the final metrics dict."""
+    """Train (or resume) the experiment described by `config`; return the final metrics dict.
+
+    SIGTERM or SIGINT saves a checkpoint at the step reached, then raises `KeyboardInterrupt`.
+    """
     task = tasks.get(config.task)
     strategy = distribute.make_strategy(config.train.distribute)  # first: multi-worker needs it before other ops
     task_type, task_id, is_chief, num_workers = distribute.worker_info(strategy)
@@ -385,66 +605,32 @@ def train(config, log=print):
 
 
 def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log):
+    """Set the run up from its config and directory, train it with `_loop`, then save and evaluate the model."""
     train_cfg = config.train
     keras.utils.set_random_seed(config.seed)
     task.prepare(config, log=log)
-
-    replicas = strategy.num_replicas_in_sync
-    global_batch = train_cfg.batch_size * num_workers
-    if not 0.0 < train_cfg.lr_decay_fraction <= 1.0:
-        raise config_lib.ConfigError(
-            f"train.lr_decay_fraction must be in (0, 1] (the part of the schedule the cosine decay spans), got "
-            f"{train_cfg.lr_decay_fraction}."
-        )
-    if train_cfg.lr_schedule_steps is not None and train_cfg.lr_schedule_steps < 1:
-        raise config_lib.ConfigError(
-            f"train.lr_schedule_steps must be a positive number of steps (or unset), got {train_cfg.lr_schedule_steps}."
-        )
-    if train_cfg.bn_recalibration_batches < 0:
-        raise config_lib.ConfigError(
-            f"train.bn_recalibration_batches must be 0 (off) or a number of batches, got "
-            f"{train_cfg.bn_recalibration_batches}."
-        )
-    if global_batch % replicas:
-        raise UserError(f"train.batch_size x workers ({global_batch}) must be divisible by the {replicas} replicas.")
-    num_train = task.num_examples(config, "train")
-    steps_per_epoch = (num_train // num_workers) // (global_batch // num_workers)
-    if steps_per_epoch < 1:
-        raise UserError(
-            f"train.batch_size={train_cfg.batch_size} is larger than the training data per worker "
-            f"({num_train // num_workers} examples): lower train.batch_size."
-        )
-    total_steps = train_cfg.epochs * steps_per_epoch
-    stop_step = min(total_steps, train_cfg.max_steps) if train_cfg.max_steps else total_steps
+    plan = _Plan(config, task, strategy, num_workers)
 
     with strategy.scope():
         model = task.model_from_config(config)
-        optimizer = LayerwiseAdam(
-            make_learning_rate(train_cfg, steps_per_epoch, total_steps), lr_multipliers=train_cfg.lr_multipliers
-        )
+        optimizer = LayerwiseAdam(make_learning_rate(train_cfg, plan.steps_per_epoch, plan.total_steps),
+                                  lr_multipliers=train_cfg.lr_multipliers)
         optimizer.build(model.trainable_variables)
-    predict = _predict_function(model)
     # Only now, with the config known to build a model and an optimizer, is the run directory written.
     os.makedirs(out_dir, exist_ok=True)
     if is_chief:
         config_lib.save(config, os.path.join(out_dir, CONFIG_FILE))
-    train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
-    checkpoint = make_checkpoint(model, optimizer, train_seconds=train_seconds)
-    # Every worker restores from the chief's checkpoints (the run directory, shared storage on a real cluster);
-    # each writes its own (saving is collective), and only the chief's are kept.
-    read_manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(config.run_dir, "checkpoints"), max_to_keep=train_cfg.keep_checkpoints
-    )
-    manager = read_manager if is_chief else tf.train.CheckpointManager(
-        checkpoint, os.path.join(out_dir, "checkpoints"), max_to_keep=train_cfg.keep_checkpoints
-    )
-    restored = restore_latest(checkpoint, read_manager, log=log)
+    seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
+    checkpoints = Checkpoints(make_checkpoint(model, optimizer, train_seconds=seconds),
+                              os.path.join(config.run_dir, "checkpoints"), os.path.join(out_dir, "checkpoints"),
+                              train_cfg.keep_checkpoints, train_cfg.checkpoint_every_steps, log=log)
+    restored = checkpoints.restore()
     step = int(optimizer.iterations.numpy())
     if restored:
-        log(f"Resumed from {restored} at step {step} ({float(train_seconds.numpy()):.0f} s of training so far).")
+        log(f"Resumed from {restored} at step {step} ({float(seconds.numpy()):.0f} s of training so far).")
 
     metrics_path = os.path.join(config.run_dir, METRICS_FILE)
-    history = _load_history(metrics_path, step // steps_per_epoch) if is_chief else []
+    history = _load_history(metrics_path, step) if is_chief else []
     best = None
     if train_cfg.keep_best and is_chief:
         best = BestModel(train_cfg.keep_best, model, os.path.join(config.run_dir, BEST_DIR), log=log)
@@ -452,162 +638,57 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
         if evaluated:
             best.check(evaluated[-1])  # a wrong metric name fails now, not after the next epoch
 
-    group = task.training_group_size(config)
-    if (global_batch // replicas) % group:
-        raise UserError(
-            f"The batch per replica ({global_batch // replicas}) must be a multiple of the {group} examples the "
-            f"{task.name} task groups per training element."
-        )
-
     def dataset_fn(epoch, skip):
         def make(input_context):
-            per_replica = input_context.get_per_replica_batch_size(global_batch) // group
+            per_replica = input_context.get_per_replica_batch_size(plan.global_batch) // plan.group
             ds = task.training_dataset(config, seed=config.seed * 100_003 + epoch, input_context=input_context)
-            ds = ds.batch(per_replica, drop_remainder=True).take(steps_per_epoch).skip(skip)
+            ds = ds.batch(per_replica, drop_remainder=True).take(plan.steps_per_epoch).skip(skip)
             return prefetched(ds)  # without autotuning: replacing an epoch's iterator stalled up to a minute
 
         return make
 
     forward = task.training_forward(config, model)
-    calibrated_at = None  # the step whose model has re-estimated statistics
-
-    def recalibrate():
-        """Precise batch-norm statistics (train.bn_recalibration_batches) for the model about to be evaluated or
-        saved; every worker runs it (collective ops with synchronized batch norm), once per step reached."""
-        nonlocal calibrated_at
-        if not train_cfg.bn_recalibration_batches or calibrated_at == step:
-            return
-        start = time.perf_counter()
-        # Batches as in training, from a fixed draw (not an epoch's): each worker gets its share of the global batch.
-        batches = iter(strategy.distribute_datasets_from_function(dataset_fn(-1, 0)))
-        count = recalibrate_batch_norm(
-            model, forward, itertools.islice(batches, min(train_cfg.bn_recalibration_batches, steps_per_epoch)),
-            strategy)
-        calibrated_at = step
-        if count:
-            log(f"Batch-norm statistics re-estimated over {count} training batches ({time.perf_counter() - start:.0f} s).")
-
-    def replica_step(features, labels):
-        with tf.GradientTape() as tape:
-            logits = forward(features, training=True)
-            per_example = tf.reshape(task.loss(config, labels, logits), [-1])  # grouped elements: [batch, group]
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-            if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss, tf.reduce_sum(task.correct(config, labels, logits))
-
-    if train_cfg.jit_compile:
-        replica_step = tf.function(replica_step, jit_compile=True)
-
-    @tf.function
-    def train_step(iterator):
-        features, labels = next(iterator)
-        loss, correct = strategy.run(replica_step, args=(features, labels))
-        sum_ = tf.distribute.ReduceOp.SUM
-        return strategy.reduce(sum_, loss, axis=None), strategy.reduce(sum_, correct, axis=None)
+    # Batches as in training, from a fixed draw (not an epoch's): each worker gets its share of the global batch.
+    calibrate = BatchNormCalibration(
+        model, forward, lambda: iter(strategy.distribute_datasets_from_function(dataset_fn(-1, 0))),
+        min(train_cfg.bn_recalibration_batches, plan.steps_per_epoch), strategy, log=log)
+    evaluate = Evaluator(task, config, model, config.run_dir, is_chief)
 
     @tf.function
     def any_worker(flag):
         votes = strategy.run(lambda: tf.cast(flag, tf.int32))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None) > 0
 
-    writers = _summary_writers(config.run_dir, is_chief)
-    budget = train_cfg.time_limit_minutes * 60 if train_cfg.time_limit_minutes else None
-    progress = _Progress(stop_step, step, log, train_cfg.log_every_steps)
-
-    def budget_spent():
-        """Whether train.time_limit_minutes is used up (on any worker: all stop together)."""
-        if budget is None:
-            return False
-        over = float(train_seconds.numpy()) >= budget
-        return bool(any_worker(over)) if num_workers > 1 else over
-
-    # a resumed run whose budget is spent trains no further step: it is only evaluated
-    stopped = "time_limit" if budget_spent() else None
+    budget = TimeBudget(seconds, train_cfg.time_limit_minutes, vote=any_worker if num_workers > 1 else None)
+    run = dict(config=config, task=task, strategy=strategy, model=model, optimizer=optimizer, plan=plan,
+               checkpoints=checkpoints, budget=budget, calibrate=calibrate, evaluate=evaluate, best=best,
+               history=history, metrics_path=metrics_path, forward=forward, dataset_fn=dataset_fn,
+               is_chief=is_chief, log=log)
     log(
-        f"Training {task.name} ({config.model.type if hasattr(config.model, 'type') else 'model'}, "
-        f"{model.count_params():,} parameters) for {train_cfg.epochs} epochs x {steps_per_epoch} steps, "
-        f"global batch {global_batch} on {num_workers} worker(s), "
-        f"precision {_precision_note(train_cfg.precision, keras.config.dtype_policy().name)}."
+        f"Training {task.name} ({getattr(config.model, 'type', 'model')}, {model.count_params():,} parameters) "
+        f"for {train_cfg.epochs} epochs x {plan.steps_per_epoch} steps, global batch {plan.global_batch} on "
+        f"{num_workers} worker(s), precision {_precision_note(train_cfg.precision, keras.config.dtype_policy().name)}."
     )
-
-    while step < stop_step and stopped is None:
-        epoch = step // steps_per_epoch
-        skip = step - epoch * steps_per_epoch
-        iterator = iter(strategy.distribute_datasets_from_function(dataset_fn(epoch, skip)))
-        epoch_end = min((epoch + 1) * steps_per_epoch, stop_step)
-        loss_sum = correct_sum = 0.0
-        count = 0
-        tick = time.perf_counter()
-        interval_start, interval_step = tick, step  # the rate logged is the mean over the logging interval
-        while step < epoch_end:
-            loss, correct = train_step(iterator)
-            step += 1
-            count += 1
-            loss_sum += float(loss)
-            correct_sum += float(correct)
-            now = time.perf_counter()
-            train_seconds.assign_add(now - tick)
-            tick = now
-            if step % train_cfg.log_every_steps == 0 or step == epoch_end:
-                rate = (step - interval_step) * global_batch / max(now - interval_start, 1e-9)
-                interval_start, interval_step = now, step
-                lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-                with writers["train"].as_default(step=step):
-                    tf.summary.scalar("loss", loss_sum / count)
-                    tf.summary.scalar("accuracy", correct_sum / (count * global_batch))
-                    tf.summary.scalar("learning_rate", lr)
-                    tf.summary.scalar("examples_per_second", rate)
-                progress.update(
-                    step,
-                    {"epoch": epoch + 1, "loss": loss_sum / count, "accuracy": correct_sum / (count * global_batch),
-                     "lr": lr, "q/s": round(rate)},
-                )
-                if budget_spent():
-                    stopped = "time_limit"
-                    break
-            if step % train_cfg.checkpoint_every_steps == 0:
-                manager.save(checkpoint_number=step)
-
-        if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
-            manager.save(checkpoint_number=step)
-        if step == (epoch + 1) * steps_per_epoch and "val" in train_cfg.eval_splits:
-            recalibrate()
-        if step == (epoch + 1) * steps_per_epoch and is_chief:
-            entry = {
-                "epoch": epoch + 1,
-                "step": step,
-                "train_seconds": round(float(train_seconds.numpy()), 1),
-                "train_loss": loss_sum / max(count, 1),
-                "train_accuracy": correct_sum / max(count * global_batch, 1),
-            }
-            if "val" in train_cfg.eval_splits:
-                report = _evaluate(task, predict, config, "val")
-                entry["val"] = report.metrics
-                with writers["val"].as_default(step=step):
-                    for name, value in report.metrics.items():
-                        tf.summary.scalar(name, value)
-                log(f"epoch {epoch + 1}: " + "  ".join(f"val {k} {100 * v:.2f}%" for k, v in report.metrics.items()))
-            history.append(entry)
-            try:
-                if best is not None:
-                    best.offer(entry["val"], epoch + 1, step)
-            finally:  # written even when keep_best names no metric, so a resumed run can say so before training
-                _write_metrics(metrics_path, config, history, step, total_steps, train_seconds, complete=False,
-                               best=best and best.record)
-
+    with StopRequest() as stop:
+        step, stopped = _loop(run, step, stop)
     if stopped == "time_limit":
         log(f"Stopped at step {step}: train.time_limit_minutes={train_cfg.time_limit_minutes} used up.")
-    recalibrate()
+    if stopped == "signal":
+        checkpoints.save(step)
+        if is_chief:
+            _write_metrics(metrics_path, config, history, step, plan, seconds, complete=False,
+                           stopped=f"signal ({stop.signal})", best=best and best.record)
+        log(f"Stopped by {stop.signal} at step {step}: checkpoint saved in {checkpoints.manager.directory}.")
+        evaluate.close()
+        raise KeyboardInterrupt(stop.signal)
+    calibrate(step)
     # Printed by every worker: synchronous training must leave identical digests.
     print(f"worker {task_id}: step {step}, weights sha256 {weights_digest(model)}", flush=True)
 
     result = {}
     if best is not None:
         if not history or history[-1]["step"] != step:  # stopped inside an epoch: that model is a candidate too
-            best.offer(_evaluate(task, predict, config, "val").metrics, round(step / steps_per_epoch, 2), step)
+            best.offer(evaluate("val").metrics, round(step / plan.steps_per_epoch, 2), step)
         record = best.restore()
         if record:
             log(f"Final model: the best by val {record['metric']} ({100 * record['value']:.2f}%, "
@@ -617,28 +698,131 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
             model.save(tmp)
         evaluation = {}
         for split in train_cfg.eval_splits:
-            report = _evaluate(task, predict, config, split)
+            report = evaluate(split, step=step)
             evaluation[split] = report.to_json()
             log(report.table())
-        result = _write_metrics(
-            metrics_path, config, history, step, total_steps, train_seconds,
-            complete=step >= stop_step, evaluation=evaluation, stopped=stopped, best=best and best.record,
-        )
-    for writer in writers.values():
-        writer.close()
+        result = _write_metrics(metrics_path, config, history, step, plan, seconds, complete=step >= plan.stop_step,
+                                evaluation=evaluation, stopped=stopped, best=best and best.record)
+    evaluate.close()
     if num_workers > 1:
         any_worker(False)  # a barrier: no worker leaves (and drops out of the cluster) while the chief still works
     return result
 
 
-def _summary_writers(run_dir, is_chief):
-    if not is_chief:
-        return {"train": tf.summary.create_noop_writer(), "val": tf.summary.create_noop_writer()}
-    return {name: tf.summary.create_file_writer(os.path.join(run_dir, "logs", name)) for name in ("train", "val")}
+def _validate(run, step, epoch, entry=None):
+    """Evaluate the validation split at `step` (chief) and offer the model to `train.keep_best`; every worker
+    re-estimates batch-norm statistics first. `entry`: the epoch's record, else a mid-epoch one is made."""
+    config = run["config"]
+    if "val" in config.train.eval_splits:
+        run["calibrate"](step)
+    if not run["is_chief"]:
+        return
+    entry = entry if entry is not None else {"epoch": round(epoch, 3), "step": step}
+    if "val" in config.train.eval_splits:
+        report = run["evaluate"]("val", step=step)
+        entry["val"] = report.metrics
+        run["log"](f"epoch {epoch:g} (step {step}): "
+                   + "  ".join(f"val {k} {100 * v:.2f}%" for k, v in report.metrics.items()))
+    run["history"].append(entry)
+    try:
+        if run["best"] is not None and "val" in entry:
+            run["best"].offer(entry["val"], entry["epoch"], step)
+    finally:  # written even when keep_best names no metric, so a resumed run can say so before training
+        _write_metrics(run["metrics_path"], config, run["history"], step, run["plan"], run["budget"].seconds,
+                       complete=False, best=run["best"] and run["best"].record)
 
 
-def _load_history(path, completed_epochs):
-    """Epoch history from a previous (interrupted) run, cut back to the epochs the checkpoint has."""
+def _loop(run, step, stop):
+    """The training loop: steps until `plan.stop_step`, the time budget or a stop request (SIGTERM / SIGINT, of
+    any worker). Checkpoints, logs, and validates at epoch ends and every `train.eval_every_steps`. Returns the
+    step reached and why it stopped early ("time_limit", "signal" or None)."""
+    config, task, strategy, model, optimizer, plan = (run[k] for k in ("config", "task", "strategy", "model",
+                                                                       "optimizer", "plan"))
+    train_cfg = config.train
+    forward, budget, log = run["forward"], run["budget"], run["log"]
+
+    def replica_step(features, labels):
+        with tf.GradientTape() as tape:
+            logits = forward(features, training=True)
+            per_example = tf.reshape(task.loss(config, labels, logits), [-1])  # grouped elements: [batch, group]
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=plan.global_batch)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss, tf.cast(tf.reduce_sum(task.correct(config, labels, logits)), loss.dtype)
+
+    if train_cfg.jit_compile:
+        replica_step = tf.function(replica_step, jit_compile=True)
+
+    @tf.function
+    def train_step(iterator, stop_flag):
+        # The stop votes travel in the same reduction as the loss: all workers learn of a stop at the same step.
+        features, labels = next(iterator)
+        loss, correct = strategy.run(replica_step, args=(features, labels))
+        votes = strategy.run(lambda: tf.cast(stop_flag, tf.float32))
+        total = strategy.reduce(tf.distribute.ReduceOp.SUM, tf.stack([tf.cast(loss, tf.float32),
+                                                                       tf.cast(correct, tf.float32), votes]), axis=None)
+        return total[0], total[1], total[2] > 0
+
+    train_writer = run["evaluate"].writer("train")
+    progress = _Progress(plan.stop_step, step, log, train_cfg.log_every_steps)
+    # a resumed run whose budget is spent trains no further step: it is only evaluated
+    stopped = "time_limit" if budget.spent() else None
+    while step < plan.stop_step and stopped is None:
+        epoch = step // plan.steps_per_epoch
+        iterator = iter(strategy.distribute_datasets_from_function(
+            run["dataset_fn"](epoch, step - epoch * plan.steps_per_epoch)))
+        epoch_end = min((epoch + 1) * plan.steps_per_epoch, plan.stop_step)
+        loss_sum = correct_sum = 0.0
+        count = 0
+        tick = time.perf_counter()
+        interval_start, interval_step = tick, step  # the rate logged is the mean over the logging interval
+        while step < epoch_end:
+            loss, correct, stop_voted = train_step(iterator, tf.constant(stop.requested))
+            step += 1
+            count += 1
+            loss_sum += float(loss)
+            correct_sum += float(correct)
+            now = time.perf_counter()
+            budget.add(now - tick)
+            tick = now
+            if bool(stop_voted):
+                stopped = "signal"
+                break
+            if step % train_cfg.log_every_steps == 0 or step == epoch_end:
+                rate = (step - interval_step) * plan.global_batch / max(now - interval_start, 1e-9)
+                interval_start, interval_step = now, step
+                lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+                values = {"loss": loss_sum / count, "accuracy": correct_sum / (count * plan.global_batch)}
+                with train_writer.as_default(step=step):
+                    for name, value in values.items():
+                        tf.summary.scalar(name, value)
+                    tf.summary.scalar("learning_rate", lr)
+                    tf.summary.scalar("examples_per_second", rate)
+                progress.update(step, {"epoch": epoch + 1, **values, "lr": lr, "q/s": round(rate)})
+                if budget.spent():
+                    stopped = "time_limit"
+                    break
+            run["checkpoints"].step_done(step)
+            if (train_cfg.eval_every_steps and step % train_cfg.eval_every_steps == 0 and not plan.epoch_end(step)
+                    and "val" in train_cfg.eval_splits):
+                _validate(run, step, step / plan.steps_per_epoch)
+                tick = time.perf_counter()  # validation time is not training time
+
+        if stopped == "signal":
+            break
+        run["checkpoints"].save(step)
+        if plan.epoch_end(step):
+            _validate(run, step, epoch + 1, {
+                "epoch": epoch + 1, "step": step, "train_seconds": round(budget.used, 1),
+                "train_loss": loss_sum / max(count, 1),
+                "train_accuracy": correct_sum / max(count * plan.global_batch, 1)})
+    return step, stopped
+
+
+def _load_history(path, step):
+    """The validation history of a previous (interrupted) run, cut back to the step the checkpoint has."""
     import json
 
     if not os.path.exists(path):
@@ -648,10 +832,10 @@ def _load_history(path, completed_epochs):
             history = json.load(f).get("history", [])
     except (OSError, ValueError):
         return []
-    return [entry for entry in history if entry.get("epoch", 0) <= completed_epochs]
+    return [entry for entry in history if entry.get("step", 0) <= step]
 
 
-def _write_metrics(path, config, history, step, total_steps, train_seconds, complete, evaluation=None, stopped=None,
+def _write_metrics(path, config, history, step, plan, train_seconds, complete, evaluation=None, stopped=None,
                    best=None):
     metrics = {
         "task": config.task,
@@ -661,8 +845,8 @@ def _write_metrics(path, config, history, step, total_steps, train_seconds, comp
         "complete": bool(complete),
         "stopped": stopped,
         "step": int(step),
-        "total_steps": int(total_steps),
-        "epochs_completed": len(history),
+        "total_steps": int(plan.total_steps),
+        "epochs_completed": int(step // plan.steps_per_epoch),
         "train_seconds": round(float(train_seconds.numpy()), 1),
         "hardware": hardware(),
         "command": " ".join(sys.argv) if sys.argv and sys.argv[0] else None,

@@ -59,6 +59,8 @@ def test_twenty_sentence_window(tmp_path):
         ("1 Mary went home.\n3 John left.\n", r":2: line number 3 does not follow 1"),
         ("1 Mary went home.\n2 Where is Mary?\t\t1\n", r":2: a question line needs"),
         ("1 Mary went home.\n2 Where is Mary?\thome\tone\n", r":2: supporting facts must be line numbers"),
+        ("1 Mary went home.\n2 Where is Mary?    home    1\n", r":2: a question without a tab-separated answer"),
+        ("1 Mary went home.\n2 John left.\n", r"no question lines"),
     ],
 )
 def test_malformed_lines_name_file_and_line(tmp_path, text, message):

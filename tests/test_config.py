@@ -89,3 +89,59 @@ def test_save_round_trip(tmp_path):
     config_lib.save(config, str(tmp_path / "copy.yaml"))
     again = config_lib.load(str(tmp_path / "copy.yaml"))
     assert config_lib.to_dict(again) == config_lib.to_dict(config)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.batch_size=0", r"'train.batch_size' must be greater than 0, got 0"),
+        ("train.epochs=-1", r"'train.epochs' must be greater than 0, got -1"),
+        ("train.learning_rate=-1e-3", r"'train.learning_rate' must be greater than 0"),
+        ("train.lr_min_fraction=1.5", r"'train.lr_min_fraction' must be at most 1.0"),
+        ("train.eval_every_steps=0", r"'train.eval_every_steps' must be greater than 0"),
+        ("train.time_limit_minutes=0", r"'train.time_limit_minutes' must be greater than 0"),
+        ("model.g_units=[8, 0]", r"'model.g_units' must be greater than 0, got \[8, 0\]"),
+        ("model.g_units=[]", r"'model.g_units' needs at least one value"),
+        ("model.dropout=1.0", r"'model.dropout' must be less than 1.0"),
+        ("data.train_images=0", r"'data.train_images' must be greater than 0"),
+        ("seed=-1", r"'seed' must be at least 0"),
+    ],
+)
+def test_out_of_range_values_are_refused_when_the_config_loads(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        config_lib.load(_write(tmp_path, "task: sort_of_clevr\n"), [override])
+
+
+def test_unset_optional_bounded_values_pass(tmp_path):
+    config = config_lib.load(_write(tmp_path, "task: sort_of_clevr\ntrain: {max_steps: null}\n"))
+    assert config.train.max_steps is None and config.train.eval_every_steps is None
+
+
+def test_config_module_does_not_import_the_tasks():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(config_lib))
+    imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert not [name for name in imported if name and "tasks" in name]
+    assert not [alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                for alias in node.names if alias.name == "tasks"]
+
+
+def test_train_tool_refuses_a_bad_value_before_any_data_is_made(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data_dir = tmp_path / "data"
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "tools", "train.py"), "--config",
+         os.path.join(root, "configs", "sort_of_clevr.yaml"), "--set", "train.batch_size=0",
+         "--set", f"data.dir={data_dir}", "--run_dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "'train.batch_size' must be greater than 0" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not data_dir.exists() and not (tmp_path / "run").exists()

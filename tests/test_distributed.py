@@ -197,3 +197,54 @@ def test_launcher_kills_a_worker_that_ignores_sigterm():
     assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-2000:]
     assert "worker 1 exited with status 3" in result.stdout
     assert time.monotonic() - start < 45  # not the 90 s worker 0 would sleep
+
+
+def test_a_cluster_that_lost_a_worker_resumes_from_the_chiefs_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path):
+    """kill -9 one of two workers mid-run: the launcher stops the other; the restarted cluster resumes from the
+    chief's newest checkpoint and ends with the weights of a run that was never interrupted."""
+    steps = 24
+    data = str(tmp_path / "data")
+
+    def command(run_dir):
+        return [sys.executable, os.path.join(ROOT, "tools", "launch_local.py"), "--workers", "2", "--grace_seconds", "3",
+                "--", sys.executable, "tools/train.py",
+                *_args(data, str(run_dir), "train.batch_size=8", "train.distribute.strategy=multi_worker",
+                       f"train.max_steps={steps}", "train.epochs=1", "data.train_images=240", "train.eval_splits=[]",
+                       "train.checkpoint_every_steps=4", "train.log_every_steps=1", "train.shuffle=false",
+                       "train.lr_schedule=constant", "train.warmup_steps=0", "model.synchronized_bn=true")]
+
+    def weights(run_dir):
+        import keras
+
+        import relation_networks  # noqa: F401
+
+        return [v.numpy() for v in keras.models.load_model(str(run_dir / "model.keras")).variables]
+
+    whole = subprocess.run(command(tmp_path / "whole"), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stdout[-3000:]
+
+    run_dir = tmp_path / "cut"
+    cluster = subprocess.Popen(command(run_dir), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, pids = [], {}
+    for line in cluster.stdout:
+        lines.append(line)
+        match = re.match(r"\[launcher\] worker (\d): pid (\d+)", line)
+        if match:
+            pids[match.group(1)] = int(match.group(2))
+        match = re.match(r"\[worker 0\] step (\d+)/", line)
+        if match and int(match.group(1)) >= 10:  # the chief has checkpoints at steps 4 and 8
+            break
+    os.kill(pids["1"], signal.SIGKILL)
+    output = "".join(lines) + cluster.stdout.read()
+    assert cluster.wait(timeout=120) != 0, output[-3000:]
+    assert "worker 1 exited with status -9" in output and not (run_dir / "model.keras").exists()
+
+    again = subprocess.run(command(run_dir), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:]
+    resumed = {int(s) for s in re.findall(r"\[worker \d\] Resumed from .*ckpt-\d+ at step (\d+)", again.stdout)}
+    assert len(resumed) == 1 and 8 <= resumed.pop() < steps, again.stdout[-3000:]
+    digests = set(re.findall(r"worker \d: step \d+, weights sha256 ([0-9a-f]{64})", again.stdout))
+    assert len(digests) == 1  # both workers again hold identical weights
+    # Stated tolerance: the same steps on the same batches, up to float summation order in the all-reduce.
+    for a, b in zip(weights(run_dir), weights(tmp_path / "whole"), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -152,3 +152,40 @@ def test_tools_on_a_question_conditioned_cnn(sort_of_clevr_run, tmp_path):
     result = run_tool("probe_objects", "--run", run_dir, "--images", "10")
     assert result.returncode == 2
     assert "conditioned on the question" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_quantised_model_that_changes_answers_is_left_out_and_the_float_export_kept(sort_of_clevr_run, tmp_path):
+    from relation_networks import export
+
+    run_dir, _ = sort_of_clevr_run
+    lines = []
+    path = export.export(run_dir, str(tmp_path / "out"), version=1, parity_examples=8,
+                         quantized_min_agreement=1.01, log=lines.append)  # no quantised model can agree that well
+    assert not os.path.exists(os.path.join(path, "model_quant.tflite"))
+    for name in ("saved_model.pb", "model.tflite", "config.yaml", "signature.json", "MODEL_CARD.md"):
+        assert os.path.exists(os.path.join(path, name)), name
+    assert any("model_quant.tflite left out" in line for line in lines)
+    with open(os.path.join(path, "signature.json")) as f:
+        signature = json.load(f)
+    quantised = [c for c in signature["parity"]["checks"] if c["format"] == "model_quant.tflite"]
+    assert len(quantised) == 1 and not quantised[0]["ok"] and "model_quant.tflite" not in signature["files"]
+
+
+def test_noquantized_flag_skips_the_quantised_model(sort_of_clevr_run, tmp_path):
+    run_dir, _ = sort_of_clevr_run
+    result = run_tool("export", "--run", run_dir, "--out", str(tmp_path / "out"), "--version", "1",
+                      "--noquantized", "--parity_examples", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = tmp_path / "out" / "sort_of_clevr" / "1"
+    assert (path / "model.tflite").exists() and not (path / "model_quant.tflite").exists()
+
+
+def test_the_shipped_config_holds_no_absolute_path_and_the_card_says_how_to_reproduce(exported):
+    path, _ = exported
+    with open(os.path.join(path, "config.yaml")) as f:
+        text = f.read()
+    assert "dir: /" not in text and "run_dir: null" in text
+    with open(os.path.join(path, "MODEL_CARD.md")) as f:
+        card = f.read()
+    assert f"python tools/evaluate.py --model {os.path.dirname(os.path.dirname(os.path.dirname(path)))}" in card
+    assert "minutes of training" in card and "Training command: `" in card

@@ -1,53 +1,82 @@
-"""The reproduction table of tools/reproduce.py: every entry names a config and overrides that load."""
+"""tools/reproduce.py: experiments are data (every shipped experiment loads, each stage's config with its overrides),
+their runs are trained stage by stage, and the report comes from metrics.json (the run's, else its archive's)."""
 
+import glob
+import json
+import os
+import shutil
 import subprocess
 import sys
 
-from conftest import ROOT
+import pytest
+
+from conftest import ROOT, run_tool, tiny_sort_of_clevr_overrides
+
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import reproduce  # noqa: E402
+
+EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.yaml")))
 
 
-def _run(script):
-    # In a fresh interpreter: tools define absl flags at import, which other tools imported by tests may share.
-    result = subprocess.run([sys.executable, "-c", f"import sys\nsys.path.insert(0, 'tools')\n{script}"],
-                            capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=os.path.basename)
+def test_every_experiment_loads_each_stage_of_each_run(path):
+    experiment = reproduce.load(path)
+    assert experiment["runs"] and experiment["split"] in ("val", "test")
+    for run in experiment["runs"]:
+        assert run["run_dir"].startswith("runs/")
+        assert not run.get("archive") or os.path.isdir(os.path.join(ROOT, run["archive"])) or "shipped" in run["name"]
 
 
-def test_every_reproduction_loads_its_config_with_its_overrides():
-    # A renamed or mistyped key in an entry would only surface when someone re-trains the run.
-    output = _run("""
-import reproduce
-from relation_networks import config
-count = 0
-for task, (split, runs) in reproduce.REPRODUCTIONS.items():
-    for label, config_path, *_ in runs:
-        for stage in reproduce._stages(task, label):
-            config.load(config_path, stage)
-            count += 1
-print(count)
-""")
-    assert int(output) >= 20
+def test_every_task_has_an_experiment_and_a_page():
+    names = {os.path.splitext(os.path.basename(p))[0] for p in EXPERIMENTS}
+    assert {"sort_of_clevr", "babi", "physics_connections", "physics_count", "nth_farthest"} <= names
+    for name in names:
+        page = "physics" if name.startswith("physics") else name
+        with open(os.path.join(ROOT, "docs", f"{page}.md")) as f:
+            assert f"experiments/{name}.yaml" in f.read()
 
 
-def test_replacing_changes_named_values_in_place_and_appends_new_ones():
-    output = _run("""
-import reproduce
-print(reproduce._replacing(["a.x=1", "train.epochs=50", "b=[1,2]"], train__epochs=48, model__extra="y"))
-""")
-    assert output.strip() == "['a.x=1', 'train.epochs=48', 'b=[1,2]', 'model.extra=y']"
+@pytest.mark.parametrize("text, message", [
+    ("runs: []\n", "non-empty list 'runs'"),
+    ("title: x\nruns: [{name: a, config: configs/sort_of_clevr.yaml}]\n", "needs 'name', 'config' and 'run_dir'"),
+    ("runs: [{name: a, config: configs/sort_of_clevr.yaml, run_dir: runs/a, stage: []}]\n", "unknown key 'stage'"),
+    ("runs: [{name: a, config: configs/sort_of_clevr.yaml, run_dir: runs/a, stages: [[train.epoch=3]]}]\n",
+     "unknown key 'train.epoch'"),
+    ("runs: [{name: a, config: configs/sort_of_clevr.yaml, run_dir: runs/a}]\nextra: 1\n", "unknown key 'extra'"),
+])
+def test_a_malformed_experiment_is_one_clear_error(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    result = run_tool("reproduce", str(path), "--dry_run")
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_hardware_line_names_each_machine_when_runs_trained_on_several():
-    output = _run("""
-import reproduce
-amd = {"cpu": "AMD EPYC", "cores": 2, "tensorflow": "2.21.0", "keras": "3.15.1"}
-intel = dict(amd, cpu="Intel(R) Xeon(R) Processor")
-print(reproduce._hardware_line([("a", "", "", {"hardware": amd}), ("b", "", "", {"hardware": amd})]))
-print(reproduce._hardware_line([("a", "", "", {"hardware": amd}), ("b", "", "", {"hardware": intel}),
-                                ("c", "", "", {"hardware": amd})]))
-""")
-    same, mixed = output.strip().splitlines()
-    assert same == "AMD EPYC, 2 cores, TensorFlow 2.21.0, Keras 3.15.1"
-    assert mixed == ("AMD EPYC, 2 cores, TensorFlow 2.21.0, Keras 3.15.1 ('a', 'c'); "
-                     "Intel(R) Xeon(R) Processor, 2 cores, TensorFlow 2.21.0, Keras 3.15.1 ('b')")
+def test_train_runs_the_stages_in_order_and_the_report_reads_the_run_then_its_archive(tmp_path):
+    overrides = tiny_sort_of_clevr_overrides(str(tmp_path / "data")) + ["train.eval_splits=[val, test]"]
+    run_dir = str(tmp_path / "runs" / "demo")
+    experiment = {"title": "demo", "split": "test", "runs": [
+        {"name": "tiny RN", "config": "configs/sort_of_clevr.yaml", "run_dir": run_dir,
+         "stages": [overrides + ["train.epochs=1"], overrides + ["train.epochs=2"]],
+         "archive": str(tmp_path / "archive" / "demo"), "launch": "one core"}]}
+    path = tmp_path / "demo.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(experiment))
+    dry = run_tool("reproduce", str(path), "--dry_run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    lines = dry.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0].endswith("--set train.epochs=1") and lines[1].endswith("--set train.epochs=2")
+
+    trained = run_tool("reproduce", str(path), "--train", "--archive")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["epochs_completed"] == 2 and metrics["complete"]  # the second stage resumed the first
+    accuracy = metrics["evaluation"]["test"]["metrics"]["accuracy"]
+    assert f"| tiny RN | accuracy {100 * accuracy:.1f}%" in trained.stdout and "one core |" in trained.stdout
+    assert sorted(os.listdir(tmp_path / "archive" / "demo")) == ["config.yaml", "metrics.json"]
+
+    shutil.rmtree(run_dir)  # runs/ is not versioned: the report comes from the archive
+    again = run_tool("reproduce", str(path))
+    assert again.returncode == 0 and f"accuracy {100 * accuracy:.1f}%" in again.stdout
+    assert f"archived in {tmp_path / 'archive' / 'demo'}" in again.stdout

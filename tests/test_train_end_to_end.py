@@ -143,7 +143,9 @@ def test_benchmark_throughput_smoke(tmp_path):
     variants = {(r["precision"], r["first_layer"], r["jit_compile"], r["questions_per_image"]) for r in rows}
     assert len(variants) == len(rows) == 16
     assert all(r["questions_per_second"] > 0 for r in rows)
-    assert min(r["speedup_vs_slowest"] for r in rows) == 1.0
+    slowest = min(r["questions_per_second"] for r in rows)
+    for r in rows:  # each ratio is the variant's measured rate over the slowest one's
+        assert r["speedup_vs_slowest"] == pytest.approx(r["questions_per_second"] / slowest, rel=1e-6)
 
 
 def test_probe_objects_tool(trained_run, tmp_path):
@@ -248,63 +250,3 @@ def test_probe_state_grid_layout_places_each_object_in_its_cell(trained_run, tmp
     with open(out) as f:
         report = json.load(f)
     assert report["layout"] == "grid" and report["objects"] == 25
-
-
-def test_reproduce_section_names_every_stage_and_the_kept_model(trained_run, tmp_path):
-    # In a fresh interpreter: tools define absl flags at import, which other tools imported by tests may share.
-    run_dir, _, _ = trained_run
-    config = os.path.join(ROOT, "configs/sort_of_clevr.yaml")
-    with open(os.path.join(run_dir, "metrics.json")) as f:
-        metrics = json.load(f)
-    metrics["best"] = {"metric": "accuracy", "value": 0.5, "epoch": 1, "step": 30, "checkpoint": "ckpt-30"}
-    with open(tmp_path / "metrics.json", "w") as f:
-        json.dump(metrics, f)
-    script = f"""
-import json, sys
-sys.path.insert(0, {os.path.join(ROOT, "tools")!r})
-import reproduce
-stages = [["train.max_steps=10"], ["train.lr_schedule=cosine", "train.keep_best=accuracy"]]
-reproduce.REPRODUCTIONS["demo"] = ("test", [("staged run", {config!r}, {run_dir!r}, stages)])
-reproduce.EQUAL_TIME.add("demo")
-reproduce.ROOT = {str(tmp_path)!r}  # figures go to tmp_path/docs/figures
-metrics = json.load(open({str(tmp_path / "metrics.json")!r}))
-print(reproduce.section("demo", "test", [("staged run", {config!r}, {run_dir!r}, metrics)]))
-"""
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    text = result.stdout
-    assert f"`python tools/train.py --config {config} --set train.max_steps=10 --run_dir {run_dir}`; then " in text
-    assert "--set train.lr_schedule=cosine --set train.keep_best=accuracy" in text
-    assert "staged run: the model of epoch 1 (step 30), best validation accuracy 50.0%" in text
-    assert os.path.exists(tmp_path / "docs" / "figures" / f"{os.path.basename(run_dir)}.png")
-    # an equal-time comparison also plots validation accuracy against minutes of training
-    assert "(figures/demo_by_time.png)" in text and os.path.exists(tmp_path / "docs" / "figures" / "demo_by_time.png")
-
-
-def test_reproduce_reports_a_deleted_run_from_its_archive(trained_run, tmp_path):
-    run_dir, _, _ = trained_run
-    shutil.copytree(run_dir, tmp_path / "runs" / "demo")
-    config = os.path.join(ROOT, "configs/sort_of_clevr.yaml")
-    script = f"""
-import sys
-sys.path.insert(0, {os.path.join(ROOT, "tools")!r})
-import reproduce
-reproduce.REPRODUCTIONS["demo"] = ("test", [("the run", {config!r}, "runs/demo")])
-reproduce.ROOT = {str(tmp_path)!r}
-reproduce.FLAGS(["reproduce", "--task", "demo", "--results", "RESULTS.md"])
-reproduce.main([])
-"""
-
-    def regenerate():
-        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return (tmp_path / "RESULTS.md").read_text()
-
-    first = regenerate()
-    assert "| the run |" in first
-    assert sorted(os.listdir(tmp_path / "docs" / "runs" / "demo")) == ["config.yaml", "metrics.json"]
-    figure = tmp_path / "docs" / "figures" / "demo.png"
-    drawn = figure.read_bytes()
-    shutil.rmtree(tmp_path / "runs")
-    assert regenerate() == first  # the same section, from the archive
-    assert figure.read_bytes() == drawn  # the curve drawn from the run's logs is kept

@@ -13,9 +13,12 @@ from relation_networks.errors import UserError  # noqa: E402
 
 
 def define_config_flags():
-    flags.DEFINE_string("config", None, "YAML experiment config, e.g. configs/sort_of_clevr.yaml.")
-    flags.DEFINE_multi_string("set", [], "Override a config value: --set train.epochs=3 (repeatable).")
-    flags.DEFINE_string("run_dir", None, "Run directory (default: the config's run_dir, else runs/<config name>).")
+    # Declared for the tool being run, so that its `--help` lists them (absl lists the main module's flags).
+    main = {"module_name": sys.argv[0]}
+    flags.DEFINE_string("config", None, "YAML experiment config, e.g. configs/sort_of_clevr.yaml.", **main)
+    flags.DEFINE_multi_string("set", [], "Override a config value: --set train.epochs=3 (repeatable).", **main)
+    flags.DEFINE_string("run_dir", None, "Run directory (default: the config's run_dir, else runs/<config name>).",
+                        **main)
 
 
 _REPEAT_SECONDS = 5.0

@@ -1,8 +1,9 @@
 """Export a trained run to SavedModel (TF Serving layout) and TFLite, after checking parity on real inputs.
 
-    python tools/export.py --run runs/<run> [--version 1] [--out saved_models]
+    python tools/export.py --run runs/<run> [--version 1] [--out saved_models] [--noquantized]
 
-Writes `<out>/<task>/<version>/` atomically (nothing is written if a check fails) and regenerates
+Writes `<out>/<task>/<version>/` atomically (nothing is written if a check fails), with a MODEL_CARD.md from
+the run's metrics.json, and regenerates
 docs/SERVING.md when exporting into the repository's saved_models/.
 """
 
@@ -19,6 +20,9 @@ flags.DEFINE_integer("version", None, "Model version (default: one more than the
 flags.DEFINE_string("out", "saved_models", "Root of the TF Serving layout.")
 flags.DEFINE_multi_string("set", [], "Override a config value, e.g. --set data.dir=/path (repeatable).")
 flags.DEFINE_integer("parity_examples", 64, "Real examples used for the parity checks.")
+flags.DEFINE_boolean("quantized", True, "Also export the dynamic-range quantised model_quant.tflite (--noquantized: "
+                     "skip it). It is left out anyway, with a warning, if its answers agree with the Keras model's on "
+                     "fewer than 90% of the check's inputs.")
 flags.DEFINE_string("serving_doc", None, "Regenerate this SERVING.md (default: docs/SERVING.md when --out is "
                     "the repository's saved_models).")
 flags.mark_flag_as_required("run")
@@ -29,7 +33,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @_common.main_wrapper
 def main(argv):
     del argv
-    export.export(FLAGS.run, FLAGS.out, FLAGS.version, FLAGS.parity_examples, overrides=FLAGS.set)
+    export.export(FLAGS.run, FLAGS.out, FLAGS.version, FLAGS.parity_examples, quantized=FLAGS.quantized,
+                  overrides=FLAGS.set)
     doc = FLAGS.serving_doc
     if doc is None and os.path.abspath(FLAGS.out) == os.path.join(ROOT, "saved_models"):
         doc = os.path.join(ROOT, "docs", "SERVING.md")

@@ -90,6 +90,8 @@ def main(argv):
         p = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
         processes.append(p)
+        with lock:
+            print(f"[launcher] worker {index}: pid {p.pid}", flush=True)
         t = threading.Thread(target=_stream, args=(index, p.stdout, lock), daemon=True)
         t.start()
         threads.append(t)

@@ -73,8 +73,15 @@ def parse_file(path, task=None, max_context=None):
                     task=task, context=[s for _, s in story[-max_context if max_context else 0:]], question=tokenize(parts[0]), answer=parts[1].strip(),
                     supporting=[int(s) for s in supporting], source=where,
                 ))
+            elif "?" in rest:  # statements never ask: a question line whose tabs became spaces
+                raise DataError(
+                    f"{where}: a question without a tab-separated answer: {line[:80]!r}. Question lines are "
+                    "'<id> <question>\\t<answer>\\t<supporting fact ids>' with tab characters (were the tabs "
+                    "turned into spaces by an editor or a copy?).")
             else:
                 story.append((line_id, tokenize(rest)))
+    if not questions:
+        raise DataError(f"{path}: no question lines (<id> <question>\\t<answer>\\t<facts>); is this a bAbI file?")
     return questions
 
 

@@ -19,12 +19,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import typing
 
 import numpy as np
 
 from relation_networks.errors import DataError
+from relation_networks.io import work_directory
 
 PAD, UNK = "<pad>", "<unk>"
 CATEGORIES = ["count", "exist", "compare_numbers", "query_attribute", "compare_attribute"]
@@ -238,7 +238,7 @@ def preprocess(directory, split, out_dir, vocab, image_size=128, question_length
     unknown = set()
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-clevr-", dir=parent)
+    tmp = work_directory(parent, "clevr")
     try:
         writers = [tf.io.TFRecordWriter(os.path.join(tmp, f"{split}-{k:05d}-of-{shards:05d}.tfrecord")) for k in range(shards)]
         progress = keras.utils.Progbar(count, unit_name="image")

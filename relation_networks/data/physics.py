@@ -17,11 +17,11 @@ same data) and stored as TFRecord files per split.
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 
 from relation_networks.errors import DataError
+from relation_networks.io import work_directory
 
 BALL_RADIUS = 0.08
 ARENA = 1.0  # walls at +-ARENA
@@ -213,7 +213,7 @@ def prepare(root, seed, sizes, log=print, workers=None, **kwargs):
     if os.path.exists(os.path.join(target, "meta.json")):
         return target
     os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-physics-", dir=root)
+    tmp = work_directory(root, "physics")
     try:
         for offset, (split, n) in enumerate(sorted(sizes.items())):
             log(f"Simulating {n} {split} scenes ...")

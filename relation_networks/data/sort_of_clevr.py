@@ -26,9 +26,10 @@ renamed, so an interrupted generation never leaves a partial data set.
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
+
+from relation_networks.io import work_directory
 
 COLORS = ["red", "green", "blue", "orange", "yellow", "gray"]
 RGB = {
@@ -276,7 +277,7 @@ def prepare(root, seed, train_images, val_images, test_seed, test_images, min_di
         raise ValueError("data.test_seed must differ from seed, or the test images would repeat the training images.")
     os.makedirs(root, exist_ok=True)
     log(f"Generating Sort-of-CLEVR into {target} ...")
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)
+    tmp = work_directory(root, "sort_of_clevr")
     try:
         main = generate(train_images + val_images, seed, min_distance_gap)
         splits = {

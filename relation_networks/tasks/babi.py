@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from relation_networks import tasks
-from relation_networks.config import ConfigError, choice
+from relation_networks.config import ConfigError, bounded, choice, positive
 from relation_networks.data import babi
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
@@ -36,15 +36,15 @@ PAPER = {"qa2": 0.919, "qa3": 0.835, "qa16": 0.979}
 class BabiData:
     dir: str = "../shared/data/babi/en-10k"
     tasks: typing.List[int] = dataclasses.field(default_factory=lambda: list(range(1, 21)))
-    val_fraction: float = 0.1
+    val_fraction: float = bounded(0.1, above=0.0, below=1.0)
     split_seed: int = 0
-    max_sentences: int = 20
-    sentence_length: int = 12
-    question_length: int = 12
+    max_sentences: int = positive(20)
+    sentence_length: int = positive(12)
+    question_length: int = positive(12)
     # Training batches of similar story lengths (0 = plain shuffle): each epoch's shuffled questions are cut into
     # windows of `length_window` batches, sorted by their number of sentences within a window, and the batches
     # are shuffled. With `model.trim` a batch then costs what its longest story needs, not `max_sentences`.
-    length_window: int = 0
+    length_window: int = bounded(0, low=0)
 
 
 @dataclasses.dataclass
@@ -53,16 +53,16 @@ class BabiModel(RelationalMemorySettings):
     # one per step (each with the question appended; absent sentences are skipped), then f_units + logits on its
     # final memory (the RMC keys: RelationalMemorySettings).
     type: str = choice("rn", ("rn", "rmc"))
-    embedding_dim: int = 32
+    embedding_dim: int = positive(32)
     # Initial word embeddings of the sentence and question LSTMs: "uniform" is Keras' default, U(-0.05, 0.05);
     # "normal" is N(0, 1) (PyTorch's default scale), which makes the untrained sentence encodings differ from one
     # sentence to the next -- without it qa19 (path finding) never leaves chance (docs/RESULTS.md, session 26).
     embedding_init: str = choice("uniform", ("uniform", "normal"))
-    sentence_lstm: int = 32
-    question_lstm: int = 32
-    g_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256] * 4)
-    f_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256, 512])  # + linear answer logits
-    dropout: float = 0.0
+    sentence_lstm: int = positive(32)
+    question_lstm: int = positive(32)
+    g_units: typing.List[int] = positive([256] * 4, nonempty=True)
+    f_units: typing.List[int] = positive([256, 512], nonempty=True)  # + linear answer logits
+    dropout: float = bounded(0.0, low=0.0, below=1.0)
     aggregation: str = choice("sum", POOLED_AGGREGATIONS)
     # RN only: objects stop at the last sentence slot present in the batch (`SentenceObjects(trim=True)`): the
     # same outputs, with k^2 pairs for a batch whose longest story has k sentences instead of max_sentences^2.

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from relation_networks import tasks
-from relation_networks.config import choice
+from relation_networks.config import bounded, choice, positive
 from relation_networks.data import clevr
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
@@ -35,24 +35,24 @@ class ClevrData:
     dir: str = "data/CLEVR_v1.0"  # official layout; with source=tfds, the TFDS data_dir holding a prepared `clevr`
     source: str = choice("official", ("official", "tfds"))  # tfds has no programs: overall accuracy only
     preprocessed_dir: typing.Optional[str] = None  # default: <dir>_preprocessed_<image_size>
-    image_size: int = 128
-    question_length: int = 48
-    shards: int = 32
+    image_size: int = positive(128)
+    question_length: int = positive(48)
+    shards: int = positive(32)
     augment: bool = True  # pad to image_size + 8, random crop, random rotation (training only)
-    pad: int = 8
+    pad: int = bounded(8, low=0)
     max_rotation: float = 0.05  # radians
-    question_shuffle_buffer: int = 10000
+    question_shuffle_buffer: int = positive(10000)
 
 
 @dataclasses.dataclass
 class ClevrModel:
     type: str = choice("pixels", ("pixels", "state"))
-    conv_filters: typing.List[int] = dataclasses.field(default_factory=lambda: [24, 24, 24, 24])
-    embedding_dim: int = 32
-    lstm_units: int = 128
-    g_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256] * 4)
-    f_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256, 256])  # + linear answer logits
-    dropout: float = 0.5  # on the penultimate layer of the RN (paper)
+    conv_filters: typing.List[int] = positive([24, 24, 24, 24], nonempty=True)
+    embedding_dim: int = positive(32)
+    lstm_units: int = positive(128)
+    g_units: typing.List[int] = positive([256] * 4, nonempty=True)
+    f_units: typing.List[int] = positive([256, 256], nonempty=True)  # + linear answer logits
+    dropout: float = bounded(0.5, low=0.0, below=1.0)  # on the penultimate layer of the RN (paper)
     aggregation: str = choice("sum", POOLED_AGGREGATIONS)
     bn_momentum: float = 0.9
     synchronized_bn: bool = False

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from relation_networks import tasks
-from relation_networks.config import ConfigError, choice
+from relation_networks.config import ConfigError, choice, positive
 from relation_networks.data import nth_farthest as nf
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
@@ -19,18 +19,18 @@ from relation_networks.tasks.base import Task
 
 @dataclasses.dataclass
 class NthFarthestData:
-    num_vectors: int = 8
-    vector_dim: int = 16
+    num_vectors: int = positive(8)
+    vector_dim: int = positive(16)
     # Width of the id, reference and rank one-hots and number of answer classes (unset: num_vectors). Larger than
     # num_vectors, each sample's ids are a random subset of 0 .. max_vectors - 1: a model trained on fewer vectors
     # then has the shapes of the larger instance and resumes on it (a curriculum over the number of vectors).
-    max_vectors: typing.Optional[int] = None
+    max_vectors: typing.Optional[int] = positive(None)
     # Width of each step's vector (unset: vector_dim): the vectors zero-padded to it, which leaves every distance as
     # it is, so a model trained on fewer dimensions resumes on more (a curriculum over the number of dimensions).
-    max_dim: typing.Optional[int] = None
-    train_size: int = 100_000  # fresh samples every epoch, seeded by the run seed and the epoch
-    val_size: int = 5_000
-    test_size: int = 10_000
+    max_dim: typing.Optional[int] = positive(None)
+    train_size: int = positive(100_000)  # fresh samples every epoch, seeded by the run seed and the epoch
+    val_size: int = positive(5_000)
+    test_size: int = positive(10_000)
     val_seed: int = 1_000_001
     test_seed: int = 2_000_003
 
@@ -38,15 +38,15 @@ class NthFarthestData:
 @dataclasses.dataclass
 class NthFarthestModel(RelationalMemorySettings):
     type: str = choice("rmc", ("rmc", "lstm", "rn"))
-    lstm_units: int = 512  # the LSTM baseline
+    lstm_units: int = positive(512)  # the LSTM baseline
     # type "rn": a Relation Network over the set of vectors (each `[vector, one-hot id]`), conditioned on the
     # question `[one-hot m, one-hot n - 1]`; f_phi is mlp_units + the linear logits. A non-recurrent reference
     # that sees all vectors at once.
-    g_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256, 256, 256])
-    mlp_units: typing.List[int] = dataclasses.field(default_factory=lambda: [256, 256])  # head, + linear logits
+    g_units: typing.List[int] = positive([256, 256, 256], nonempty=True)
+    mlp_units: typing.List[int] = positive([256, 256], nonempty=True)  # head, + linear logits
     # rmc / lstm: ReLU layers applied to every time step's input before the recurrent core (none by default), so
     # the core receives non-linear features of each vector (its length, say) and not only a linear projection.
-    input_mlp_units: typing.List[int] = dataclasses.field(default_factory=list)
+    input_mlp_units: typing.List[int] = positive([])
     # rmc / lstm: layer-normalise every step's input (after the input MLP) before the core. At initialisation the
     # RMC's memory hardly depends on an input of the input MLP's scale (tools/probe_nth_farthest.py
     # --input_dependence; docs/RESULTS.md).

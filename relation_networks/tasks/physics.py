@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from relation_networks import tasks
-from relation_networks.config import ConfigError, choice
+from relation_networks.config import ConfigError, bounded, choice, positive
 from relation_networks.data import physics
 from relation_networks.errors import DataError, UserError
 from relation_networks.evaluation import grouped_accuracy
@@ -23,16 +23,16 @@ class PhysicsData:
     dir: str = "data/physics"
     target: str = choice("connections", ("connections", "count"))
     seed: int = 0
-    num_balls: int = 10
-    frames: int = 16
-    train_scenes: int = 50000
-    val_scenes: int = 2000
-    test_scenes: int = 5000
+    num_balls: int = positive(10)
+    frames: int = positive(16)
+    train_scenes: int = positive(50000)
+    val_scenes: int = positive(2000)
+    test_scenes: int = positive(5000)
     frame_stride: int = physics.FRAME_STRIDE  # simulation steps (5 ms each) between observed frames
     burn_in: int = physics.BURN_IN  # simulation steps before the first observed frame
     stiffness: float = physics.STIFFNESS  # springs (unit masses)
     spring_damping: float = physics.SPRING_DAMPING
-    workers: int = 0  # simulation processes (0: one per core)
+    workers: int = bounded(0, low=0)  # simulation processes (0: one per core)
     # Training only: each scene is shown under a random symmetry of the simulation that keeps its labels -- one of
     # the square table's 8 reflections/rotations (x -> -x, y -> -y, swap x and y), and a random renaming of the
     # balls (rows and the connection matrix permuted alike; each row keeps the colour of its position), since which
@@ -43,9 +43,9 @@ class PhysicsData:
 @dataclasses.dataclass
 class PhysicsModel:
     type: str = choice("rn", ("rn", "mlp"))
-    g_units: typing.List[int] = dataclasses.field(default_factory=lambda: [1000, 1000, 1000, 500])
-    f_units: typing.List[int] = dataclasses.field(default_factory=lambda: [500, 100])  # + linear outputs
-    mlp_units: typing.List[int] = dataclasses.field(default_factory=lambda: [1000, 1000, 1000, 500, 100])
+    g_units: typing.List[int] = positive([1000, 1000, 1000, 500], nonempty=True)
+    f_units: typing.List[int] = positive([500, 100], nonempty=True)  # + linear outputs
+    mlp_units: typing.List[int] = positive([1000, 1000, 1000, 500, 100], nonempty=True)
     aggregation: str = choice("sum", POOLED_AGGREGATIONS)
     # How the model reads each ball's colour value: "one_hot" expands it to a one-hot ball identity (the
     # connection logits are indexed by ball, so the model must tell the balls apart; a single scalar makes every
@@ -71,8 +71,8 @@ class PhysicsModel:
     # e.g. that both are linked to a third ball, which keeps an unlinked pair's distance nearly constant too, or
     # that a link closes a cycle (the number of systems is not ten minus the links then: a cycle's last link joins
     # no new ball).
-    context_units: int = 0
-    context_g_units: typing.List[int] = dataclasses.field(default_factory=lambda: [128, 128])
+    context_units: int = bounded(0, low=0)
+    context_g_units: typing.List[int] = positive([128, 128], nonempty=True)
     # How many context stages run one after the other (each with its own g_theta, each appending its messages to
     # the rows the next one reads): a second stage lets a pair see its balls' partners' partners -- two hops, what
     # telling a closed cycle from a chain takes. More than one needs `context_units` > 0.

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from relation_networks import tasks
-from relation_networks.config import ConfigError, choice
+from relation_networks.config import ConfigError, bounded, choice, positive
 from relation_networks.data import sort_of_clevr as soc
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy, mean_of_groups
@@ -24,31 +24,31 @@ SPLITS = ("train", "val", "test")
 class SortOfClevrData:
     dir: str = "data/sort_of_clevr"  # generated once per seed, under a sub-directory named for the parameters
     seed: int = 0  # train + val images come from one generation with this seed
-    train_images: int = 9800
-    val_images: int = 200  # the paper withholds 200 of 10,000 images
+    train_images: int = positive(9800)
+    val_images: int = positive(200)  # the paper withholds 200 of 10,000 images
     test_seed: int = 1000  # the test split is a separate generation
-    test_images: int = 2000
+    test_images: int = positive(2000)
     min_distance_gap: float = 1.0  # closest/furthest must win by this many pixels (no ties)
-    question_shuffle_buffer: int = 4000  # questions are shuffled within this window after shuffling images
+    question_shuffle_buffer: int = positive(4000)  # questions are shuffled within this window after shuffling images
     # Training only: questions about one image that go into a batch together, so the CNN encodes the image once
     # for all of them (a batch of 64 = 16 images x 4 questions). 1 = every question with its own copy of the
     # image, as in the paper. Must divide 20 and the batch per replica. Evaluation is always per question.
-    group_questions: int = 4
+    group_questions: int = positive(4)
 
 
 @dataclasses.dataclass
 class SortOfClevrModel:
     type: str = choice("rn", ("rn", "mlp"))
-    conv_filters: typing.List[int] = dataclasses.field(default_factory=lambda: [32, 64, 128, 256])
-    g_units: typing.List[int] = dataclasses.field(default_factory=lambda: [2000] * 4)
+    conv_filters: typing.List[int] = positive([32, 64, 128, 256], nonempty=True)
+    g_units: typing.List[int] = positive([2000] * 4, nonempty=True)
     # Hidden layers of f_phi; a linear layer with one logit per answer is appended. The CNN+MLP baseline uses
     # g_units + f_units as its hidden layers (the same layers and units as the RN, as in the paper).
-    f_units: typing.List[int] = dataclasses.field(default_factory=lambda: [2000, 1000, 500, 100])
-    dropout: float = 0.0
+    f_units: typing.List[int] = positive([2000, 1000, 500, 100], nonempty=True)
+    dropout: float = bounded(0.0, low=0.0, below=1.0)
     aggregation: str = choice("sum", POOLED_AGGREGATIONS)
     aggregate_norm: typing.Optional[str] = choice(None, (None, "batch", "layer"))  # see RelationModule
     factorized: bool = True
-    pair_chunk_size: typing.Optional[int] = None
+    pair_chunk_size: typing.Optional[int] = positive(None)
     bn_momentum: float = 0.9
     synchronized_bn: bool = False
     early_features: bool = False  # ConvObjectExtractor(early_features=...): pooled first-layer features per cell
