@@ -76,12 +76,3 @@ def mean_of_groups(groups, names):
     if not total:
         return None
     return sum(g["accuracy"] * g["count"] for g in present) / total
-
-
-def input_dependent_share(outputs):
-    """Share of the variance of `outputs` `[samples, ...]` (over all entries) that is variance across samples of
-    each entry: 0 when every sample gives the same output, 1 when every entry has the same mean over samples.
-    A diagnostic of how much a layer's output depends on its input at all."""
-    outputs = np.asarray(outputs, np.float64).reshape(len(outputs), -1)
-    total = outputs.var()
-    return float((outputs - outputs.mean(axis=0)).var() / total) if total > 0 else 0.0

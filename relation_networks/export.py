@@ -98,8 +98,9 @@ def _compare(reference, candidate, name, max_diff, min_agreement, multilabel):
 
 def export(run_dir, out_root="saved_models", version=None, parity_examples=64, log=print,
            float_tolerance=FLOAT_TOLERANCE, quantized_min_agreement=QUANTIZED_MIN_AGREEMENT, quantized=True,
-           overrides=()):
-    """Export a trained run to `out_root/<task>/<version>/`; return that path.
+           overrides=(), name=None):
+    """Export a trained run to `out_root/<name>/<version>/` (`name`: the model's name in TF Serving, default the
+    task's); return that path.
 
     Refuses (raises `ExportError`, writes nothing) if the SavedModel or the float32 TFLite model disagrees with
     the Keras model beyond `float_tolerance` on `parity_examples` real inputs. The quantised TFLite model
@@ -114,7 +115,7 @@ def export(run_dir, out_root="saved_models", version=None, parity_examples=64, l
     config, trained, _ = inference.load_keras_predictor(run_dir, overrides)
     task = tasks.get(config.task)
     model = float32_model(task, config, trained)
-    task_dir = os.path.join(out_root, task.name)
+    task_dir = os.path.join(out_root, name or task.name)
     if version is None:
         existing = [int(v) for v in os.listdir(task_dir) if v.isdigit()] if os.path.isdir(task_dir) else []
         version = max(existing, default=0) + 1
@@ -230,13 +231,17 @@ def model_card(run_dir, config, task, target, checks):
         f"Reproduce the numbers: `python tools/evaluate.py --model {target} --split test` (`--split val` for "
         "validation); the data is made or read as the shipped config.yaml says (`--set data.dir=...` elsewhere).",
         "",
-        f"Trained: {metrics.get('step')} steps ({metrics.get('epochs_completed')} epochs"
+        f"Trained: {metrics.get('step', 0):,} steps ({metrics.get('epochs_completed')} epochs"
         f"{', stopped by the time limit' if metrics.get('stopped') == 'time_limit' else ''}), "
         f"{metrics.get('train_seconds', 0) / 60:.0f} minutes of training, seed {metrics.get('seed')}, on "
         f"{hardware_text(metrics['hardware'])}.",
         "",
-        f"Training command: `{metrics.get('command') or 'not recorded'}`.",
+        f"Training command (its last stage): `{metrics.get('command') or 'not recorded'}`.",
     ]
+    experiment = _experiment_of(metrics.get("run_dir"))
+    if experiment:
+        lines += ["", f"Every stage of its training: `python tools/reproduce.py {experiment} --dry_run`; retrain with "
+                      "`--train`."]
     if metrics.get("best"):
         best = metrics["best"]
         lines += ["", f"The model kept is the best by validation {best['metric']} (epoch {best['epoch']}, step "
@@ -245,6 +250,23 @@ def model_card(run_dir, config, task, target, checks):
               + "; ".join(f"{c['format']} {c['max_abs_diff']:.1e}, {100 * c['top1_agreement']:.1f}%"
                           for c in checks) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _experiment_of(run_dir, directory="experiments"):
+    """The experiment file (under `directory`, relative to the working directory) with a run in `run_dir`."""
+    import glob
+
+    import yaml
+
+    for path in sorted(glob.glob(os.path.join(directory, "*.yaml"))):
+        try:
+            with open(path) as f:
+                runs = (yaml.safe_load(f) or {}).get("runs") or []
+        except (OSError, yaml.YAMLError):
+            continue
+        if run_dir and any(isinstance(r, dict) and r.get("run_dir") == run_dir for r in runs):
+            return path
+    return None
 
 
 def run_in_batches(runner, features, batch_size):

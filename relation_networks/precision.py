@@ -2,8 +2,8 @@
 
 Mixed bfloat16 is the largest speed lever for the relation MLP on a CPU whose matrix units compute in bfloat16
 (AMX-BF16, AVX512-BF16) -- on such a machine the Sort-of-CLEVR CNN+RN trains 1.6x faster than in float32
-(docs/RESULTS.md, "Training throughput"). On a CPU without them oneDNN emulates bfloat16 and the same model is
-2.5x *slower* than in float32 (an AVX2-only AMD EPYC: 65 against 164 questions/s, docs/RESULTS.md). `auto`
+(docs/benchmarks.md). On a CPU without them oneDNN emulates bfloat16 and the same model is
+2.5x *slower* than in float32 (an AVX2-only AMD EPYC: 65 against 164 questions/s, docs/benchmarks.md). `auto`
 therefore resolves per machine:
 
     CPU with amx_bf16 (/proc/cpuinfo flags)                   -> mixed_bfloat16
@@ -15,7 +15,7 @@ therefore resolves per machine:
 
 AVX512-BF16 alone is not enough to decide: on an AMD EPYC with it a one-core bfloat16 matmul ran at about twice the
 float32 rate, while on an Intel Xeon with it (and AVX512-FP16, but no AMX exposed) it ran at 0.65-0.77 times
-(docs/RESULTS.md, "Which precision `auto` picks"). The measurement takes about a second, once per process.
+(docs/benchmarks.md). The measurement takes about a second, once per process.
 
 Variables are float32 under both policies, so a checkpoint written under one resumes under the other.
 """

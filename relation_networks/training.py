@@ -318,7 +318,7 @@ def recalibrate_batch_norm(model, forward, dataset, strategy=None):
     """Set every batch-norm layer's moving mean and variance to the mean of its batch statistics over `dataset`
     (`(features, labels)` batches as in training; "precise BN"). The moving averages kept during training trail
     the weights and carry the noise of their last few batches; a model whose later layers normalise features the
-    question modulates (FiLM) turned out to be very sensitive to that (docs/RESULTS.md). Returns the batch count.
+    question modulates (FiLM) turned out to be very sensitive to that (docs/sort_of_clevr.md). Returns the batch count.
 
     `forward(features, training)` is the training forward pass. With a `strategy`, `dataset` yields distributed
     batches and each replica runs its part (with synchronized batch norm, every worker ends with the same
@@ -721,7 +721,7 @@ def _validate(run, step, epoch, entry=None):
     if "val" in config.train.eval_splits:
         report = run["evaluate"]("val", step=step)
         entry["val"] = report.metrics
-        run["log"](f"epoch {epoch:g} (step {step}): "
+        run["log"](f"epoch {round(epoch, 2):g} (step {step}): "
                    + "  ".join(f"val {k} {100 * v:.2f}%" for k, v in report.metrics.items()))
     run["history"].append(entry)
     try:

@@ -48,26 +48,6 @@ def test_argument_validation(kwargs, message):
         ConvObjectExtractor(**kwargs)
 
 
-def test_early_features_are_the_first_layer_averaged_over_each_cell():
-    layer = ConvObjectExtractor([3, 5, 7, 9], early_features=True)
-    images = np.random.default_rng(0).uniform(size=(2, 75, 75, 3)).astype("float32")
-    objects = layer(images, training=False).numpy()
-    assert objects.shape == (2, 25, 9 + 3 + 2)
-    conv, bn = layer.blocks[0]
-    first = np.maximum(bn(conv(images), training=False).numpy(), 0.0)  # [2, 38, 38, 3]
-    # 38 first-layer rows/cols onto 5 cells: windows of 8 with "same" padding (1 before, 1 after; padding is not
-    # averaged), so cell k covers rows/cols 8k-1 .. 8k+6
-    for cell in (0, 7, 24):
-        r, c = divmod(cell, 5)
-        rows = slice(max(8 * r - 1, 0), min(8 * r + 7, 38))
-        cols = slice(max(8 * c - 1, 0), min(8 * c + 7, 38))
-        expected = first[:, rows, cols].mean(axis=(1, 2))
-        np.testing.assert_allclose(objects[:, cell, 9:12], expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(objects[:, :, -2:], np.broadcast_to(cell_coordinates(5, 5).numpy(), (2, 25, 2)), atol=1e-6)
-    feature_map = ConvObjectExtractor([3, 5, 7, 9], early_features=True, output_mode="feature_map")
-    assert tuple(feature_map(images).shape) == (2, 5, 5, 12)
-
-
 def test_film_starts_as_the_plain_cnn_and_then_depends_on_the_question():
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(3, 30, 30, 3)).astype("float32")

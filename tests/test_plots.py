@@ -1,4 +1,4 @@
-"""The figures drawn for docs/RESULTS.md."""
+"""The figures drawn for the docs (learning curves, validation against time)."""
 
 from PIL import Image
 

@@ -152,12 +152,11 @@ def test_max_aggregation_passes_gradients_to_the_largest_pair_only():
     assert grad[winner] != 0 and np.count_nonzero(grad) == 1
 
 
-@pytest.mark.parametrize("aggregation, norm", [("sum", None), ("mean", "layer"), ("max", None), ("mean+max", "batch"),
-                                               ("none", None)])
-def test_read_out_of_the_relations_is_the_layer_output(aggregation, norm):
+@pytest.mark.parametrize("aggregation", ["sum", "mean", "max", "mean+max", "none"])
+def test_read_out_of_the_relations_is_the_layer_output(aggregation):
     objects, question = _inputs()
     mask = np.array([[1, 1, 1, 0, 0], [1] * 5, [1, 0, 1, 1, 1]], "float32")
-    layer = _layer(aggregation=aggregation, aggregate_norm=norm)
+    layer = _layer(aggregation=aggregation)
     output, relations = layer(objects, question=question, object_mask=mask, return_relations=True)
     again = layer.read_out(relations, object_mask=mask)
     np.testing.assert_allclose(again.numpy(), output.numpy(), rtol=1e-6, atol=1e-6)
@@ -329,9 +328,7 @@ def test_precise_first_layer_round_trips():
         (dict(g_units=[8], f_units=[3], aggregation="min"), "aggregation"),
         (dict(g_units=[8], f_units=[3], aggregation="mean+max", pair_chunk_size=4), "pair_chunk_size"),
         (dict(g_units=[8], f_units=[3], pair_chunk_size=0), "pair_chunk_size"),
-        (dict(g_units=[8], f_units=[3], aggregate_norm="group"), "aggregate_norm"),
         (dict(g_units=[8], f_units=[3], aggregation="none", pair_chunk_size=4), "pair_chunk_size"),
-        (dict(g_units=[8], f_units=[3], aggregation="none", aggregate_norm="layer"), "aggregate_norm"),
     ],
 )
 def test_argument_validation(kwargs, message):
@@ -361,28 +358,3 @@ def test_mixed_precision_model_reloads_under_float32_policy(tmp_path):
     out, relations = layer(objects, question=question, return_relations=True)
     np.testing.assert_allclose(restored([objects, question]).numpy(), model([objects, question]).numpy(), rtol=1e-2, atol=1e-2)
     assert relations.dtype == "bfloat16"
-
-
-@pytest.mark.parametrize("norm", ["batch", "layer"])
-def test_aggregate_norm_normalises_what_f_phi_sees(norm, tmp_path):
-    objects, question = _inputs()
-    layer = _layer(aggregate_norm=norm, return_relations=True)
-    layer(objects, question=question)
-    _, relations = layer(objects, question=question, training=True)
-    aggregate = keras.ops.sum(relations, axis=(1, 2)).numpy()
-    if norm == "batch":  # batch statistics in training: each feature has zero mean over the batch
-        expected = (aggregate - aggregate.mean(0)) / np.sqrt(aggregate.var(0) + 1e-3)
-    else:  # per example: zero mean over the features
-        expected = (aggregate - aggregate.mean(1, keepdims=True)) / np.sqrt(aggregate.var(1, keepdims=True) + 1e-3)
-    np.testing.assert_allclose(layer.norm(aggregate, training=True).numpy(), expected, rtol=1e-4, atol=1e-4)
-    h = layer.norm(aggregate, training=True)
-    for dense in layer.f_phi:
-        h = dense(h)
-    output, _ = layer(objects, question=question, training=True)
-    np.testing.assert_allclose(output.numpy(), h.numpy(), rtol=1e-5, atol=1e-5)
-    o, q = keras.Input((5, 4)), keras.Input((6,))
-    model = keras.Model([o, q], _layer(aggregate_norm=norm)(o, question=q))
-    model.save(str(tmp_path / "m.keras"))
-    restored = keras.models.load_model(str(tmp_path / "m.keras"))
-    assert restored.layers[-1].aggregate_norm == norm
-    np.testing.assert_allclose(restored([objects, question]).numpy(), model([objects, question]).numpy(), atol=1e-6)

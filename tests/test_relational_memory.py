@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import keras
 
+import _probes
 from conftest import ROOT, run_tool
 from relation_networks import RelationalMemory, tasks
 from relation_networks import config as config_lib
@@ -207,9 +208,9 @@ def test_nth_farthest_max_dim_pads_the_vectors_with_zeros_and_keeps_every_answer
         vector = {k: row[:7] for k, row in zip(shown_ids, rows)}
         ranked = sorted((k for k in shown_ids if k != m), key=lambda k: -np.linalg.norm(vector[k] - vector[m]))
         assert padded["answers"][i] == ranked[n - 1]
-    inputs, labels = nf.sub_task("farthest", 50, 7, 6, 3, None, 7)
+    inputs, labels = _probes.sub_task("farthest", 50, 7, 6, 3, None, 7)
     np.testing.assert_array_equal(inputs[..., 7 + 2 * 6:], np.eye(6)[np.zeros(50 * 6, int)].reshape(50, 6, 6))
-    np.testing.assert_array_equal(labels, nf.sub_task("farthest", 50, 7, 6, 3)[1])
+    np.testing.assert_array_equal(labels, _probes.sub_task("farthest", 50, 7, 6, 3)[1])
     with pytest.raises(ValueError, match="max_dim"):
         nf.generate(2, seed=0, vector_dim=4, max_dim=3)
 
@@ -325,12 +326,12 @@ def test_nth_farthest_rn_ignores_the_order_of_the_vectors():
 
 
 @pytest.mark.parametrize("max_vectors", [None, 7])
-@pytest.mark.parametrize("target", nf.SUB_TASKS)
+@pytest.mark.parametrize("target", _probes.SUB_TASKS)
 def test_probe_sub_task_labels_by_independent_computation(target, max_vectors):
     """The probe's sub-task labels, recomputed here one sample at a time from the inputs the model sees."""
     num_vectors, dim = 5, 3
     width = max_vectors or num_vectors
-    inputs, labels = nf.sub_task(target, 60, 7, num_vectors, dim, max_vectors)
+    inputs, labels = _probes.sub_task(target, 60, 7, num_vectors, dim, max_vectors)
     assert inputs.shape == (60, num_vectors, nf.input_dim(num_vectors, dim, max_vectors))
     for x, label in zip(inputs, labels):
         ids = x[:, dim : dim + width].argmax(-1)
@@ -364,7 +365,7 @@ def _length_rule_by_hand(x, dim, width):
 def test_length_rule_answers_by_independent_computation(max_vectors):
     num_vectors, dim = 5, 3
     data = nf.generate(60, 11, num_vectors, dim, max_vectors)
-    rule = nf.by_length(data)
+    rule = _probes.by_length(data)
     np.testing.assert_array_equal(rule, [_length_rule_by_hand(x, dim, max_vectors or num_vectors)
                                          for x in data["inputs"]])
     assert 0 < np.mean(rule == data["answers"]) < 1  # a rule, not the answer
@@ -383,11 +384,11 @@ def test_probe_tool_runs_and_rejects_other_tasks(tmp_path):
     assert [row["step"] for row in report["rows"]] == [2, 4] and report["target"] == "reference_sign"
     assert 0.5 <= report["guess"] <= 1.0
     with pytest.raises(ValueError, match="Unknown sub-task"):
-        nf.sub_task("nearest", 4, 0)
+        _probes.sub_task("nearest", 4, 0)
     share = run_tool("probe_nth_farthest", *sets, "--input_dependence", "--val_samples", "50")
     assert share.returncode == 0, share.stderr
     assert "input-dependent share" in share.stdout and "step" not in share.stdout  # reports, trains nothing
-    from relation_networks.evaluation import input_dependent_share
+    from _probes import input_dependent_share
 
     shared = np.ones((20, 3, 4)) * np.arange(12).reshape(1, 3, 4)  # the same for every sample
     noise = np.random.default_rng(0).normal(size=(20, 3, 4))

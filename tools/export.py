@@ -1,6 +1,6 @@
 """Export a trained run to SavedModel (TF Serving layout) and TFLite, after checking parity on real inputs.
 
-    python tools/export.py --run runs/<run> [--version 1] [--out saved_models] [--noquantized]
+    python tools/export.py --run runs/<run> [--version 1] [--out saved_models] [--name NAME] [--noquantized]
 
 Writes `<out>/<task>/<version>/` atomically (nothing is written if a check fails), with a MODEL_CARD.md from
 the run's metrics.json, and regenerates
@@ -18,6 +18,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("run", None, "Run directory written by tools/train.py.")
 flags.DEFINE_integer("version", None, "Model version (default: one more than the newest).")
 flags.DEFINE_string("out", "saved_models", "Root of the TF Serving layout.")
+flags.DEFINE_string("name", None, "The model's name (its directory under --out, TF Serving's model name); default: "
+                    "the task's name.")
 flags.DEFINE_multi_string("set", [], "Override a config value, e.g. --set data.dir=/path (repeatable).")
 flags.DEFINE_integer("parity_examples", 64, "Real examples used for the parity checks.")
 flags.DEFINE_boolean("quantized", True, "Also export the dynamic-range quantised model_quant.tflite (--noquantized: "
@@ -34,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def main(argv):
     del argv
     export.export(FLAGS.run, FLAGS.out, FLAGS.version, FLAGS.parity_examples, quantized=FLAGS.quantized,
-                  overrides=FLAGS.set)
+                  overrides=FLAGS.set, name=FLAGS.name)
     doc = FLAGS.serving_doc
     if doc is None and os.path.abspath(FLAGS.out) == os.path.join(ROOT, "saved_models"):
         doc = os.path.join(ROOT, "docs", "SERVING.md")

@@ -88,7 +88,7 @@ def main(argv):
     for index, tf_config in enumerate(tf_configs(FLAGS.workers, FLAGS.host)):
         env = dict(os.environ, TF_CONFIG=tf_config, PYTHONUNBUFFERED="1")
         p = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)
+                             preexec_fn=os.setsid)
         processes.append(p)
         with lock:
             print(f"[launcher] worker {index}: pid {p.pid}", flush=True)

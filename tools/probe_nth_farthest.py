@@ -37,6 +37,7 @@ across samples, per unit, rather than shared by all samples (the initial memory 
 import time
 
 import _common  # noqa: F401
+import _probes
 from absl import app, flags
 
 FLAGS = flags.FLAGS
@@ -66,7 +67,7 @@ def main(argv):
     from relation_networks import precision
     from relation_networks.data import nth_farthest as nf
     from relation_networks.errors import UserError
-    from relation_networks.evaluation import input_dependent_share
+    from _probes import input_dependent_share
     from relation_networks.io import atomic_write_json
     from relation_networks.tasks.nth_farthest import build_model, id_width, vector_width
 
@@ -95,7 +96,7 @@ def main(argv):
     model = build_model(config.model, d)
     model.compile(keras.optimizers.Adam(config.train.learning_rate),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    val_x, val_y = nf.sub_task(FLAGS.target, FLAGS.val_samples, d.val_seed, d.num_vectors, d.vector_dim,
+    val_x, val_y = _probes.sub_task(FLAGS.target, FLAGS.val_samples, d.val_seed, d.num_vectors, d.vector_dim,
                                id_width(d), vector_width(d))
     if FLAGS.input_dependence:
         core = keras.Model(model.inputs, model.get_layer(config.model.type).output)
@@ -112,7 +113,7 @@ def main(argv):
     rows, done, start = [], 0, time.time()
     while done < FLAGS.steps:
         steps = min(FLAGS.eval_every_steps, FLAGS.steps - done)
-        x, y = nf.sub_task(FLAGS.target, steps * config.train.batch_size, FLAGS.seed * 1_000_003 + done,
+        x, y = _probes.sub_task(FLAGS.target, steps * config.train.batch_size, FLAGS.seed * 1_000_003 + done,
                            d.num_vectors, d.vector_dim, id_width(d), vector_width(d))
         history = model.fit(x, y, batch_size=config.train.batch_size, epochs=1, shuffle=False, verbose=0)
         done += steps
@@ -140,7 +141,7 @@ def _score_length_rule(config, predict=None):
               "overrides": FLAGS.set}
     for split in ("val", "test"):
         data = task.samples(config, split)  # the samples tools/train.py evaluates
-        rule, truth, size = nf.by_length(data), data["answers"], len(data["answers"])
+        rule, truth, size = _probes.by_length(data), data["answers"], len(data["answers"])
         groups = grouped_accuracy(rule == truth, data["rank"] - 1, [f"rank_{n}" for n in range(1, d.num_vectors)])
         scores = report[split] = {"examples": size, "accuracy": float((rule == truth).mean()), "groups": groups}
         ranks = "  ".join(f"{name} {100 * g['accuracy']:.1f}%" for name, g in groups.items())

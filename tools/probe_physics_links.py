@@ -27,7 +27,7 @@ def main(argv):
     from relation_networks import inference, tasks
     from relation_networks.errors import UserError
     from relation_networks.io import atomic_write_json
-    from relation_networks.tasks.physics import implied_links, link_metrics
+    from _probes import implied_links, link_metrics
 
     config, model, _ = inference.load_keras_predictor(FLAGS.model, FLAGS.set)
     if config.task != "physics":

@@ -46,6 +46,8 @@ flags.DEFINE_bool("dry_run", False, "Print the training commands and stop.")
 flags.DEFINE_bool("archive", False, "Copy each finished run's metrics.json and config.yaml to its archive.")
 flags.DEFINE_string("out", None, "Write the report into this Markdown file (its section for the experiment).")
 flags.DEFINE_multi_string("set", [], "Extra --set overrides appended to every stage (e.g. a smaller budget).")
+flags.DEFINE_string("figures", None, "Draw each run's learning curve from its TensorBoard logs into this directory "
+                    "(<run name>.png) and link it from the report.")
 
 
 class ExperimentError(UserError):
@@ -122,9 +124,30 @@ def _percent(value):
     return f"{100 * value:.1f}%"
 
 
-def report(experiment):
+def draw_figures(experiment, directory):
+    """The learning curve of every run whose directory (with its logs) is here: `<directory>/<run name>.png`."""
+    from relation_networks import plots
+
+    for run in experiment["runs"]:
+        metrics, source = metrics_of(run)
+        if metrics is not None and source == run["run_dir"]:
+            name = os.path.basename(run["run_dir"].rstrip("/"))
+            plots.learning_curve(os.path.join(ROOT, run["run_dir"]), os.path.join(directory, f"{name}.png"),
+                                 metrics["history"], run["name"])
+
+
+def _figure(run, figures, out):
+    if not figures:
+        return ""
+    path = os.path.join(figures, os.path.basename(run["run_dir"].rstrip("/")) + ".png")
+    if not os.path.isfile(path):
+        return ""
+    return f" [learning curve]({os.path.relpath(path, os.path.dirname(os.path.abspath(out)) if out else '.')})"
+
+
+def report(experiment, figures=None, out=None):
     """A Markdown table (one row per run: the split's headline metrics beside the paper's, training time, steps,
-    seed, hardware), then each run's commands."""
+    seed, hardware), then each run's commands (and learning curve, if drawn in `figures`)."""
     split = experiment["split"]
     rows, notes = [], []
     for run in experiment["runs"]:
@@ -148,7 +171,8 @@ def report(experiment):
                     f"{hardware_text(metrics['hardware'])}{', ' + run['launch'] if run.get('launch') else ''} |")
         stages = commands(run)
         text = "; then ".join(f"`python {' '.join(c[1:])}`" for c in stages)
-        notes.append(f"- {run['name']} ({'archived in ' + source if source != run['run_dir'] else source}): {text}")
+        notes.append(f"- {run['name']} ({'archived in ' + source if source != run['run_dir'] else source}): {text}"
+                     + _figure(run, figures, out))
     header = (f"{experiment['title']} ({split} split)\n\n"
               "| run | metrics | minutes | steps | seed | hardware |\n|---|---|---|---|---|---|\n")
     return header + "\n".join(rows) + "\n\nCommands:\n\n" + "\n".join(notes) + "\n"
@@ -171,7 +195,9 @@ def main(argv):
         for run in experiment["runs"]:
             if archive(run):
                 print(f"archived {run['run_dir']} in {run['archive']}")
-    text = report(experiment)
+    if FLAGS.figures:
+        draw_figures(experiment, FLAGS.figures)
+    text = report(experiment, FLAGS.figures, FLAGS.out)
     if FLAGS.out:
         key = os.path.splitext(os.path.basename(path))[0]
         write_markdown_section(FLAGS.out, key, experiment["title"], text)

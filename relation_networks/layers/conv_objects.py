@@ -42,22 +42,18 @@ class ConvObjectExtractor(keras.layers.Layer):
             across replicas in synchronous multi-worker training.
         output_mode: `"objects"` (default) for the coordinate-tagged object set, or `"feature_map"` for the raw
             `[batch, d_h, d_w, k]` map (the CNN+MLP baseline flattens it).
-        early_features: also average-pool the first conv layer's output onto the final grid and concatenate it
-            to every cell (a "hypercolumn" skip connection; adds `filters[0]` dims). The first layer sees 3x3
-            pixels, so these features keep each cell's colours, which the deep features can lose while the
-            network is still learning what the question asks about (see `tools/probe_objects.py`).
         film_layers: indices of the conv layers whose batch-normalised output is modulated by a conditioning
             vector before the ReLU (FiLM, Perez et al. 2018): `x * (1 + gamma(c)) + beta(c)` per channel, with
             `[gamma, beta]` a linear function of `condition`, initialised to zero, so training starts from the
             unconditioned CNN. Empty (the default, and the paper): no conditioning. Conditioning the first layer
             on the question lets it pick out the pixels of the colour the question names, which a CNN+RN
-            otherwise has to discover through the relation module (docs/RESULTS.md, Sort-of-CLEVR). The CNN then
+            otherwise has to discover through the relation module (docs/sort_of_clevr.md). The CNN then
             depends on the question, so it runs once per question rather than once per image.
         input_coordinates: append two channels to the images before the first conv, each pixel's (row, col) in
             `coordinate_range` ("CoordConv", Liu et al. 2018). The cell tags give an object's position only to the
             nearest cell (15 px on Sort-of-CLEVR's 5 x 5 grid); with the pixel coordinates as inputs the conv
             features can carry where in its cell the object is, which the closest/furthest questions need when
-            two candidates are a few pixels apart (docs/RESULTS.md). Needs images of static height and width.
+            two candidates are a few pixels apart (docs/sort_of_clevr.md). Needs images of static height and width.
 
     Call arguments:
         images: `[batch, height, width, channels]` float images.
@@ -66,8 +62,7 @@ class ConvObjectExtractor(keras.layers.Layer):
         training: bool, batch-norm mode.
 
     Returns:
-        `[batch, d_h * d_w, filters[-1] (+ filters[0]) + 2]` objects: conv features (then the pooled first-layer
-        features with `early_features`) followed by (row, col).
+        `[batch, d_h * d_w, filters[-1] + 2]` objects: conv features followed by (row, col).
     """
 
     def __init__(
@@ -79,7 +74,6 @@ class ConvObjectExtractor(keras.layers.Layer):
         bn_momentum=0.9,
         synchronized_bn=False,
         output_mode="objects",
-        early_features=False,
         film_layers=(),
         input_coordinates=False,
         **kwargs,
@@ -90,7 +84,6 @@ class ConvObjectExtractor(keras.layers.Layer):
                 f"Invalid value for argument output_mode. Expected one of {{'objects', 'feature_map'}}, got {output_mode!r}."
             )
         self.output_mode = output_mode
-        self.early_features = bool(early_features)
         if isinstance(filters, int) or not filters or not all(isinstance(f, int) and f > 0 for f in filters):
             raise ValueError(
                 f"Invalid value for argument filters: expected a non-empty list of positive integers, got {filters!r}."
@@ -153,21 +146,16 @@ class ConvObjectExtractor(keras.layers.Layer):
             bn.build(shape)
 
     def feature_map(self, images, condition=None, training=None):
-        """The conv stack's `[batch, d_h, d_w, k]` output, before flattening (used by the CNN+MLP baseline);
-        with `early_features`, the pooled first-layer features are concatenated on the channel axis."""
+        """The conv stack's `[batch, d_h, d_w, k]` output, before flattening (used by the CNN+MLP baseline)."""
         if self.film_layers and condition is None:
             raise ValueError(f"ConvObjectExtractor with film_layers={self.film_layers} needs a condition.")
         x = self._with_coordinate_planes(images) if self.input_coordinates else images
-        first = None
         for k, (conv, bn) in enumerate(self.blocks):
             x = bn(conv(x), training=training)
             if str(k) in self.film:
                 gamma, beta = ops.split(ops.cast(self.film[str(k)](condition), x.dtype)[:, None, None, :], 2, axis=-1)
                 x = x * (1.0 + gamma) + beta
             x = ops.relu(x)
-            first = x if first is None else first
-        if self.early_features:
-            x = ops.concatenate([x, self._pool_to(first, x.shape[1], x.shape[2])], axis=-1)
         return x
 
     def _with_coordinate_planes(self, images):
@@ -176,13 +164,6 @@ class ConvObjectExtractor(keras.layers.Layer):
         planes = ops.reshape(cell_coordinates(height, width, *self.coordinate_range), (1, height, width, 2))
         planes = ops.broadcast_to(ops.cast(planes, images.dtype), (ops.shape(images)[0], height, width, 2))
         return ops.concatenate([images, planes], axis=-1)
-
-    @staticmethod
-    def _pool_to(x, height, width):
-        """Average-pool `x` `[B, H, W, C]` onto a `height x width` grid ("same" padding)."""
-        window = (-(-x.shape[1] // height), -(-x.shape[2] // width))
-        pooled = ops.average_pool(x, window, strides=window, padding="same")
-        return pooled[:, :height, :width, :]
 
     def call(self, images, condition=None, training=None):
         x = self.feature_map(images, condition=condition, training=training)
@@ -199,7 +180,7 @@ class ConvObjectExtractor(keras.layers.Layer):
         shape = tuple(images_shape)
         for conv, _ in self.blocks:
             shape = conv.compute_output_shape(shape)
-        channels = self.filters[-1] + (self.filters[0] if self.early_features else 0)
+        channels = self.filters[-1]
         if self.output_mode == "feature_map":
             return shape[:3] + (channels,)
         cells = None if shape[1] is None or shape[2] is None else shape[1] * shape[2]
@@ -215,7 +196,6 @@ class ConvObjectExtractor(keras.layers.Layer):
             bn_momentum=self.bn_momentum,
             synchronized_bn=self.synchronized_bn,
             output_mode=self.output_mode,
-            early_features=self.early_features,
             film_layers=list(self.film_layers),
             input_coordinates=self.input_coordinates,
         )

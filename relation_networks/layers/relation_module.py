@@ -12,7 +12,6 @@ from keras import ops
 # The aggregations that pool the pairs into one vector (every one but "none"); task configs offer these.
 POOLED_AGGREGATIONS = ("sum", "mean", "max", "sum+max", "mean+max")
 _AGGREGATIONS = POOLED_AGGREGATIONS + ("none",)
-_AGGREGATE_NORMS = (None, "batch", "layer")
 
 
 def _check_units(name, units):
@@ -55,15 +54,11 @@ class RelationModule(keras.layers.Layer):
             `"none"`: no aggregation, `f_phi` reads every pair's
             relation on its own and the layer returns one output per pair, `[batch, N, N, f_units[-1]]` (zero for
             masked pairs) -- an edge-level read-out for answers that are themselves per pair (which balls are
-            connected). Not combined with `pair_chunk_size` or `aggregate_norm`.
+            connected). Not combined with `pair_chunk_size`.
         factorized: compute the first layer of `g_theta` per object (default) or on explicit concatenations.
         pair_chunk_size: if set, process the pair grid in blocks of this many rows `i` and recompute each block
             in the backward pass (rematerialisation). Peak memory then grows with `chunk * N` instead of `N^2`,
             for large object counts. Requires a static number of objects.
-        aggregate_norm: `None` (the paper), `"batch"` or `"layer"`: normalise the aggregated relations before
-            `f_phi` (BatchNormalization with momentum 0.9, or LayerNormalization). Batch normalisation removes the
-            part of the aggregate that every example shares (the many pairs that do not matter to the question),
-            so `f_phi` sees the part that varies from the start.
         precise_first_layer: under a mixed precision policy, compute the first layer of `g_theta` (objects,
             kernel, the pair sums `W_i o_i + W_j o_j` and the activation) in the variable dtype (float32) and only
             then cast to the compute dtype. For objects whose *differences* carry the signal, e.g. coordinates of
@@ -100,7 +95,6 @@ class RelationModule(keras.layers.Layer):
         factorized=True,
         pair_chunk_size=None,
         return_relations=False,
-        aggregate_norm=None,
         precise_first_layer=False,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
@@ -126,15 +120,10 @@ class RelationModule(keras.layers.Layer):
         self.factorized = bool(factorized)
         self.pair_chunk_size = pair_chunk_size
         self.return_relations = bool(return_relations)
-        if aggregate_norm not in _AGGREGATE_NORMS:
-            raise ValueError(
-                f"Invalid value for argument aggregate_norm. Expected one of {_AGGREGATE_NORMS}, got {aggregate_norm!r}."
-            )
-        self.aggregate_norm = aggregate_norm
-        if aggregation == "none" and (pair_chunk_size is not None or aggregate_norm is not None):
+        if aggregation == "none" and pair_chunk_size is not None:
             raise ValueError(
                 'aggregation="none" returns every pair\'s output, so it cannot be combined with pair_chunk_size '
-                f"(got {pair_chunk_size!r}) or aggregate_norm (got {aggregate_norm!r})."
+                f"(got {pair_chunk_size!r})."
             )
         if "max" in aggregation and pair_chunk_size is not None:
             raise ValueError(
@@ -165,11 +154,6 @@ class RelationModule(keras.layers.Layer):
         self.f_phi.append(
             keras.layers.Dense(self.f_units[-1], name=f"f_phi_{len(self.f_units) - 1}", dtype=f_dtype, **init)
         )
-        self.norm = None
-        if aggregate_norm == "batch":
-            self.norm = keras.layers.BatchNormalization(momentum=0.9, name="aggregate_norm", dtype=f_dtype)
-        elif aggregate_norm == "layer":
-            self.norm = keras.layers.LayerNormalization(name="aggregate_norm", dtype=f_dtype)
         self.f_dropout = keras.layers.Dropout(self.dropout, name="f_phi_dropout", dtype=f_dtype)
 
     def build(self, objects_shape, question_shape=None, object_mask_shape=None, pair_mask_shape=None):
@@ -200,8 +184,6 @@ class RelationModule(keras.layers.Layer):
             width = layer.units
         if "+" in self.aggregation:  # f_phi reads both aggregates side by side
             width *= 2
-        if self.norm is not None:
-            self.norm.build((None, width))
         for layer in self.f_phi:
             layer.build((None, width))
             width = layer.units
@@ -370,7 +352,7 @@ class RelationModule(keras.layers.Layer):
 
     def read_out(self, relations, object_mask=None, pair_mask=None, training=None):
         """The layer's output from its pair relations `[batch, N, N, g_units[-1]]` (those `return_relations`
-        gives): the aggregation over the included pairs, `aggregate_norm` and `f_phi`, exactly as in `call`. For
+        gives): the aggregation over the included pairs and `f_phi`, exactly as in `call`. For
         attributions: the gradient of an output with respect to `relations` says how much each pair carried."""
         weights = self._pair_weights(object_mask, pair_mask)
         return self._read_out(self._masked(ops.convert_to_tensor(relations), weights), weights, training)
@@ -406,8 +388,7 @@ class RelationModule(keras.layers.Layer):
         return total / ops.maximum(ops.sum(ops.cast(weights, self._aggregate_dtype), axis=(1, 2)), 1.0)[:, None]
 
     def _f_phi_on_aggregate(self, aggregate, training):
-        h = aggregate if self.norm is None else self.norm(aggregate, training=training)
-        return self._f_phi(h, training)
+        return self._f_phi(aggregate, training)
 
     def compute_output_shape(self, objects_shape, question_shape=None, object_mask_shape=None, pair_mask_shape=None):
         n = objects_shape[1]
@@ -426,7 +407,6 @@ class RelationModule(keras.layers.Layer):
             dropout=self.dropout,
             activation=keras.activations.serialize(self.activation),
             aggregation=self.aggregation,
-            aggregate_norm=self.aggregate_norm,
             precise_first_layer=self.precise_first_layer,
             factorized=self.factorized,
             pair_chunk_size=self.pair_chunk_size,

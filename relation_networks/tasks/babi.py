@@ -56,7 +56,7 @@ class BabiModel(RelationalMemorySettings):
     embedding_dim: int = positive(32)
     # Initial word embeddings of the sentence and question LSTMs: "uniform" is Keras' default, U(-0.05, 0.05);
     # "normal" is N(0, 1) (PyTorch's default scale), which makes the untrained sentence encodings differ from one
-    # sentence to the next -- without it qa19 (path finding) never leaves chance (docs/RESULTS.md, session 26).
+    # sentence to the next -- without it qa19 (path finding) never leaves chance (docs/babi.md).
     embedding_init: str = choice("uniform", ("uniform", "normal"))
     sentence_lstm: int = positive(32)
     question_lstm: int = positive(32)

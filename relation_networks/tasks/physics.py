@@ -73,10 +73,6 @@ class PhysicsModel:
     # no new ball).
     context_units: int = bounded(0, low=0)
     context_g_units: typing.List[int] = positive([128, 128], nonempty=True)
-    # How many context stages run one after the other (each with its own g_theta, each appending its messages to
-    # the rows the next one reads): a second stage lets a pair see its balls' partners' partners -- two hops, what
-    # telling a closed cycle from a chain takes. More than one needs `context_units` > 0.
-    context_stages: int = 1
 
 
 @keras.saving.register_keras_serializable(package="relation_networks")
@@ -192,47 +188,6 @@ class SystemCount(keras.layers.Layer):
         return {**super().get_config(), "initial_offset": self.initial_offset, "closure_steps": self.closure_steps}
 
 
-def implied_links(model, balls, batch_size=500):
-    """The links a counter with the components read-out (`SystemCount`) believes in: link probabilities
-    `[S, n, n]` for the scenes `balls [S, n, 2 * frames + 1]` -- the sigmoid of its per-pair logits plus the
-    read-out's learned offset, exactly what its count is computed from. `UserError` for any other model."""
-    names = [layer.name for layer in model.layers]
-    if "system_count" not in names or "pair_logits" not in names:
-        raise UserError(f"{model.name} has no components read-out (model.readout=components): it does not "
-                        "compute link probabilities.")
-    pair_logits = keras.Model(model.inputs, model.get_layer("pair_logits").output)
-    logits = pair_logits.predict({"balls": balls}, batch_size=batch_size, verbose=0)
-    return keras.ops.convert_to_numpy(model.get_layer("system_count").link_probabilities(logits))
-
-
-def link_metrics(probabilities, connections):
-    """How well link probabilities `[S, n, n]` match the true connection matrices `[S, n, n]` (0/1), over the
-    pairs i < j: `pair_auc` (the chance that a random linked pair scores above a random unlinked one, ties half),
-    the mean probability of linked and of unlinked pairs, and with links thresholded at 0.5: `pair_accuracy`,
-    `scenes_all_correct` (every pair right) and `count_from_links` (the number of systems right)."""
-    probabilities, truth = np.asarray(probabilities, np.float64), np.asarray(connections) > 0.5
-    n = truth.shape[-1]
-    upper = np.triu(np.ones((n, n), bool), 1)
-    scores, labels = probabilities[:, upper], truth[:, upper]
-    positive, negative = scores[labels], np.sort(scores[~labels])
-    # per linked pair: the unlinked pairs scored below it, plus half of those scored the same
-    below = np.searchsorted(negative, positive, side="left")
-    not_above = np.searchsorted(negative, positive, side="right")
-    auc = ((below + not_above).sum() / 2 / (len(positive) * len(negative))
-           if len(positive) and len(negative) else float("nan"))
-    predicted = scores > 0.5
-    hard = np.zeros(truth.shape, bool)
-    hard[:, upper] = predicted
-    hard = hard | hard.transpose(0, 2, 1)
-    counted = np.array([physics.components(h) for h in hard])
-    systems = np.array([physics.components(t) for t in truth])
-    return {"pair_auc": float(auc), "mean_p_linked": float(positive.mean()) if len(positive) else float("nan"),
-            "mean_p_unlinked": float(negative.mean()) if len(negative) else float("nan"),
-            "pair_accuracy": float((predicted == labels).mean()),
-            "scenes_all_correct": float((predicted == labels).all(axis=1).mean()),
-            "count_from_links": float((counted == systems).mean())}
-
-
 def augment(balls, connections, seed, frames):
     """A random symmetry of each scene of a batch (`PhysicsData.augment`): `balls [B, n, 2 * frames + 1]`,
     `connections [B, n * n]` -> the same scenes, each reflected/rotated and with its balls renamed. `seed` is a
@@ -300,14 +255,6 @@ def check_readout(model_config, data_config):
     if model_config.readout == "components" and (model_config.type != "rn" or data_config.target != "count"):
         raise ConfigError("model.readout=components counts the systems that per-pair link logits imply: it needs "
                           f"model.type=rn and data.target=count (got {model_config.type} and {data_config.target}).")
-    if model_config.context_units < 0:
-        raise ConfigError(f"model.context_units must be 0 (no context stage) or positive, got {model_config.context_units}.")
-    if model_config.context_stages < 1:
-        raise ConfigError(f"model.context_stages must be at least 1, got {model_config.context_stages} (no context "
-                          "stage is model.context_units=0).")
-    if model_config.context_stages > 1 and not model_config.context_units:
-        raise ConfigError(f"model.context_stages={model_config.context_stages} chains context stages, but "
-                          "model.context_units is 0 (no context stage): set the stages' message width too.")
     if model_config.context_units and model_config.type != "rn":
         raise ConfigError("model.context_units adds a relation stage before the read-out: it needs model.type=rn "
                           f"(got {model_config.type}).")
@@ -323,12 +270,11 @@ def build_model(model_config, data_config):
     objects = (BallIdentity(n, name="ball_identity", dtype="float32")(balls) if model_config.identity == "one_hot"
                else balls)
     check_readout(model_config, data_config)
-    for stage in range(model_config.context_stages if model_config.context_units else 0):
-        suffix = f"_{stage + 1}" if stage else ""  # the first stage keeps the names of single-stage models
+    if model_config.context_units:
         messages = RelationModule(model_config.context_g_units, [model_config.context_units], aggregation="none",
                                   precise_first_layer=model_config.precise_first_layer,
-                                  name="context_module" + suffix)(objects)
-        objects = PairContext(name="pair_context" + suffix, dtype="float32")(objects, messages)
+                                  name="context_module")(objects)
+        objects = PairContext(name="pair_context", dtype="float32")(objects, messages)
     if model_config.readout in ("pairs", "components"):
         pair_logits = RelationModule(model_config.g_units, list(model_config.f_units) + [1], aggregation="none",
                                      precise_first_layer=model_config.precise_first_layer,

@@ -46,12 +46,10 @@ class SortOfClevrModel:
     f_units: typing.List[int] = positive([2000, 1000, 500, 100], nonempty=True)
     dropout: float = bounded(0.0, low=0.0, below=1.0)
     aggregation: str = choice("sum", POOLED_AGGREGATIONS)
-    aggregate_norm: typing.Optional[str] = choice(None, (None, "batch", "layer"))  # see RelationModule
     factorized: bool = True
     pair_chunk_size: typing.Optional[int] = positive(None)
     bn_momentum: float = 0.9
     synchronized_bn: bool = False
-    early_features: bool = False  # ConvObjectExtractor(early_features=...): pooled first-layer features per cell
     # ConvObjectExtractor(film_layers=...): conv layers modulated by the question (FiLM); [] = the paper's CNN,
     # which sees only the image. With any, the CNN runs once per question (data.group_questions saves no CNN work).
     film_layers: typing.List[int] = dataclasses.field(default_factory=list)
@@ -67,7 +65,6 @@ def relation_module(model_config):
         list(model_config.f_units) + [len(soc.ANSWERS)],
         dropout=model_config.dropout,
         aggregation=model_config.aggregation,
-        aggregate_norm=model_config.aggregate_norm,
         factorized=model_config.factorized,
         pair_chunk_size=model_config.pair_chunk_size,
         name="relation_module",
@@ -83,7 +80,6 @@ def _layers(model_config):
             bn_momentum=model_config.bn_momentum,
             synchronized_bn=model_config.synchronized_bn,
             output_mode="objects" if model_config.type == "rn" else "feature_map",
-            early_features=model_config.early_features,
             film_layers=model_config.film_layers,
             input_coordinates=model_config.input_coordinates,
             name="cnn",
