@@ -188,4 +188,4 @@ def test_the_shipped_config_holds_no_absolute_path_and_the_card_says_how_to_repr
     with open(os.path.join(path, "MODEL_CARD.md")) as f:
         card = f.read()
     assert f"python tools/evaluate.py --model {os.path.dirname(os.path.dirname(os.path.dirname(path)))}" in card
-    assert "minutes of training" in card and "Training command: `" in card
+    assert "minutes of training" in card and "Training command (its last stage): `" in card

@@ -85,7 +85,12 @@ def test_group_size_one_is_the_plain_dataset(data_dir):
     assert features["question"].shape == (11,) and label.shape == ()
 
 
-@pytest.mark.parametrize("size", [0, 3, 40])
+def test_a_group_of_no_questions_is_refused_when_the_config_loads(data_dir):
+    with pytest.raises(ConfigError, match="'data.group_questions' must be greater than 0"):
+        _config(data_dir, "data.group_questions=0")
+
+
+@pytest.mark.parametrize("size", [3, 40])
 def test_group_size_must_divide_the_questions(data_dir, size):
     config = _config(data_dir, f"data.group_questions={size}")
     with pytest.raises(ConfigError, match="group_questions must divide the 20 questions"):

@@ -41,13 +41,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_KEYS = {"name", "config", "run_dir", "stages", "archive", "launch"}
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("train", False, "Train every run's stages first (each resumes from its run directory).")
-flags.DEFINE_bool("dry_run", False, "Print the training commands and stop.")
-flags.DEFINE_bool("archive", False, "Copy each finished run's metrics.json and config.yaml to its archive.")
-flags.DEFINE_string("out", None, "Write the report into this Markdown file (its section for the experiment).")
-flags.DEFINE_multi_string("set", [], "Extra --set overrides appended to every stage (e.g. a smaller budget).")
-flags.DEFINE_string("figures", None, "Draw each run's learning curve from its TensorBoard logs into this directory "
-                    "(<run name>.png) and link it from the report.")
 
 
 class ExperimentError(UserError):
@@ -111,7 +104,8 @@ def metrics_of(run):
 
 def archive(run):
     metrics, source = metrics_of(run)
-    if not run.get("archive") or source != run["run_dir"] or not metrics.get("complete"):
+    finished = metrics and (metrics.get("complete") or metrics.get("stopped") == "time_limit")
+    if not run.get("archive") or source != run["run_dir"] or not finished:
         return False
     target = os.path.join(ROOT, run["archive"])
     os.makedirs(target, exist_ok=True)
@@ -206,5 +200,17 @@ def main(argv):
         print(text)
 
 
+def define_flags():
+    """The tool's flags; defined when it runs (not on import), so tests and other tools may import this module."""
+    flags.DEFINE_bool("train", False, "Train every run's stages first (each resumes from its run directory).")
+    flags.DEFINE_bool("dry_run", False, "Print the training commands and stop.")
+    flags.DEFINE_bool("archive", False, "Copy each finished run's metrics.json and config.yaml to its archive.")
+    flags.DEFINE_string("out", None, "Write the report into this Markdown file (its section for the experiment).")
+    flags.DEFINE_multi_string("set", [], "Extra --set overrides appended to every stage (e.g. a smaller budget).")
+    flags.DEFINE_string("figures", None, "Draw each run's learning curve from its TensorBoard logs into this directory "
+                        "(<run name>.png) and link it from the report.")
+
+
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
