@@ -285,16 +285,21 @@ def from_dict(raw, where="<config>"):
     )
 
 
-def load(path, overrides=()):
-    """Load a YAML config file, apply `--set` style overrides and validate it."""
+def read_yaml(path, error=ConfigError, what="Config file"):
+    """The parsed contents of the YAML file at `path`; `error` (naming `what`, or the YAML fault) if it is missing
+    or not valid YAML."""
     if not os.path.isfile(path):
-        raise ConfigError(f"Config file not found: {path}")
+        raise error(f"{what} not found: {path}")
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
+            return yaml.safe_load(f)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    raw = apply_overrides(raw or {}, overrides)
+        raise error(f"{path}: not valid YAML: {e}") from None
+
+
+def load(path, overrides=()):
+    """Load a YAML config file, apply `--set` style overrides and validate it."""
+    raw = apply_overrides(read_yaml(path) or {}, overrides)
     config = from_dict(raw, where=path if not overrides else f"{path} (with --set {' '.join(overrides)})")
     if config.run_dir is None:
         config.run_dir = os.path.join("runs", os.path.splitext(os.path.basename(path))[0])

@@ -65,7 +65,6 @@ def main(argv):
 
     from relation_networks import config as config_lib
     from relation_networks import precision
-    from relation_networks.data import nth_farthest as nf
     from relation_networks.errors import UserError
     from _probes import input_dependent_share
     from relation_networks.io import atomic_write_json
@@ -132,7 +131,6 @@ def _score_length_rule(config, predict=None):
     """Print (and with --json write) the length rule's accuracy, overall and per rank, on the val and test splits;
     with `predict`, also the model's accuracy and its agreement with the rule."""
     from relation_networks import tasks
-    from relation_networks.data import nth_farthest as nf
     from relation_networks.evaluation import grouped_accuracy
     from relation_networks.io import atomic_write_json
 

@@ -29,7 +29,6 @@ import subprocess
 import sys
 
 import _common  # noqa: F401
-import yaml
 from absl import app, flags
 
 from relation_networks import config as config_lib
@@ -49,13 +48,7 @@ class ExperimentError(UserError):
 
 def load(path):
     """The experiment at `path`: a dict with title, split and runs, every run's stages checked to load."""
-    if not os.path.isfile(path):
-        raise ExperimentError(f"Experiment file not found: {path}")
-    try:
-        with open(path) as f:
-            experiment = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ExperimentError(f"{path}: not valid YAML: {e}") from None
+    experiment = config_lib.read_yaml(path, ExperimentError, "Experiment file")
     if not isinstance(experiment, dict) or not isinstance(experiment.get("runs"), list) or not experiment["runs"]:
         raise ExperimentError(f"{path}: expected a mapping with 'title', 'split' and a non-empty list 'runs'.")
     unknown = set(experiment) - {"title", "split", "runs"}

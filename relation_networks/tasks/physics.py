@@ -11,7 +11,7 @@ import tensorflow as tf
 from relation_networks import tasks
 from relation_networks.config import ConfigError, bounded, choice, positive
 from relation_networks.data import physics
-from relation_networks.errors import DataError, UserError
+from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
 from relation_networks.layers import POOLED_AGGREGATIONS, RelationModule
 from relation_networks.models import logits_model, mlp
