@@ -111,6 +111,10 @@ class TrainConfig:
     # statistics to the mean of its batch statistics over this many training batches (in training mode, the model
     # unchanged otherwise); 0 keeps the moving averages of training.
     bn_recalibration_batches: int = bounded(0, low=0)
+    # Start a new run from trained weights (fine-tuning, a warm restart): an exported model directory
+    # (saved_models/<name>/<version>), a run directory (its model.keras) or a .keras file. Every model variable is
+    # matched by path and shape; the optimizer starts fresh. Ignored once the run has a checkpoint to resume.
+    init_from: typing.Optional[str] = None
     distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
 
 

@@ -218,8 +218,8 @@ def model_card(run_dir, config, task, target, checks):
             paper = report.get("paper", {}).get(name)
             rows.append(f"| {split} ({report['examples']:,} examples) | {name} | {100 * value:.2f}% | "
                         f"{'' if paper is None else f'{100 * paper:.0f}%'} |")
-        notes += [f"{split}: {key} {value}" for key, value in report.get("extra", {}).items()
-                  if isinstance(value, (int, float, str))]
+        notes += [f"{split}: {key} {value if not isinstance(value, list) else ', '.join(map(str, value)) or 'none'}"
+                  for key, value in report.get("extra", {}).items() if isinstance(value, (int, float, str, list))]
     lines = [
         f"# {task.name}: {getattr(config.model, 'type', 'model')} model",
         "",
@@ -235,6 +235,8 @@ def model_card(run_dir, config, task, target, checks):
         f"{', stopped by the time limit' if metrics.get('stopped') == 'time_limit' else ''}), "
         f"{metrics.get('train_seconds', 0) / 60:.0f} minutes of training, seed {metrics.get('seed')}, on "
         f"{hardware_text(metrics['hardware'])}.",
+        *(["", f"It started from the weights of `{config.train.init_from}` (train.init_from), whose own training "
+                "is not counted above."] if config.train.init_from else []),
         "",
         f"Training command (its last stage): `{metrics.get('command') or 'not recorded'}`.",
     ]

@@ -241,6 +241,43 @@ def make_checkpoint(model, optimizer=None, **extra):
     return tf.train.Checkpoint(**kwargs)
 
 
+def _source_variables(source):
+    """{path: value} of the variables stored in `source`: an exported SavedModel directory, a run directory
+    (its model.keras) or a .keras file."""
+    if os.path.isdir(source) and os.path.isfile(os.path.join(source, "saved_model.pb")):
+        loaded = tf.saved_model.load(source)
+        return {v.name.rsplit(":", 1)[0]: v.numpy() for v in loaded.variables}
+    path = os.path.join(source, MODEL_FILE) if os.path.isdir(source) else source
+    if not os.path.isfile(path) or not path.endswith(".keras"):
+        raise UserError(
+            f"train.init_from={source!r} is neither an exported model directory (with saved_model.pb), a run "
+            f"directory with {MODEL_FILE}, nor a .keras file.")
+    import relation_networks.layers  # noqa: F401  registers the serializable layers
+
+    trained = keras.saving.load_model(path, compile=False, safe_mode=False)
+    return {v.path: v.numpy() for v in trained.variables}
+
+
+def initialize_from(model, source):
+    """Set every variable of `model` to the one of the same path in `source` (see `_source_variables`); returns
+    the number set. Nothing is changed unless all match: a missing variable or a shape that differs is one
+    `UserError` naming them (another model config, or another vocabulary)."""
+    values = _source_variables(source)
+    wanted = [v for v in model.variables if "seed_generator" not in v.path]
+    missing = [v.path for v in wanted if v.path not in values]
+    wrong = [f"{v.path} {tuple(v.shape)} vs {values[v.path].shape}" for v in wanted
+             if v.path in values and tuple(values[v.path].shape) != tuple(v.shape)]
+    if missing or wrong:
+        problems = [f"missing {m}" for m in missing[:3]] + [f"shape {w}" for w in wrong[:3]]
+        raise UserError(
+            f"train.init_from={source!r} does not hold this model's variables ({'; '.join(problems)}"
+            f"{'; ...' if len(missing) + len(wrong) > 6 else ''}): it was trained with another model config "
+            "or vocabulary.")
+    for v in wanted:
+        v.assign(values[v.path].astype(v.dtype))
+    return len(wanted)
+
+
 def _by_name(variables, name, owner):
     named = {name(v).replace("/", "."): v for v in variables}
     if len(named) != len(variables):
@@ -628,6 +665,9 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
     step = int(optimizer.iterations.numpy())
     if restored:
         log(f"Resumed from {restored} at step {step} ({float(seconds.numpy()):.0f} s of training so far).")
+    elif train_cfg.init_from:
+        count = initialize_from(model, train_cfg.init_from)
+        log(f"Initialised {count} variables from {train_cfg.init_from}.")
 
     metrics_path = os.path.join(config.run_dir, METRICS_FILE)
     history = _load_history(metrics_path, step) if is_chief else []

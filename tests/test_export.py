@@ -189,3 +189,31 @@ def test_the_shipped_config_holds_no_absolute_path_and_the_card_says_how_to_repr
         card = f.read()
     assert f"python tools/evaluate.py --model {os.path.dirname(os.path.dirname(os.path.dirname(path)))}" in card
     assert "minutes of training" in card and "Training command (its last stage): `" in card
+
+
+def test_init_from_an_exported_model_or_a_run_sets_every_weight_and_a_mismatch_is_one_error(exported, sort_of_clevr_run):
+    import keras
+
+    from relation_networks import config as config_lib
+    from relation_networks import tasks, training
+    from relation_networks.errors import UserError
+
+    path, _ = exported
+    run_dir, _ = sort_of_clevr_run
+    trained = keras.models.load_model(os.path.join(run_dir, "model.keras"))
+    config = config_lib.load(os.path.join(run_dir, "config.yaml"))
+    task = tasks.get("sort_of_clevr")
+    for source in (path, run_dir):  # an exported SavedModel, a run directory (its model.keras)
+        keras.utils.set_random_seed(1)
+        model = task.model_from_config(config)
+        assert training.initialize_from(model, source) == len(model.variables)
+        for mine, theirs in zip(model.variables, trained.variables):
+            np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.path)
+    config.model.g_units = [12, 8]  # another model: nothing is set, one error names the variable
+    other = task.model_from_config(config)
+    before = [v.numpy().copy() for v in other.variables]
+    with pytest.raises(UserError, match=r"does not hold this model's variables \(shape relation_module/g_theta_0"):
+        training.initialize_from(other, path)
+    assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, other.variables))
+    with pytest.raises(UserError, match="neither an exported model directory"):
+        training.initialize_from(other, os.path.dirname(path) + "/nothing-here")

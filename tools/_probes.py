@@ -1,7 +1,6 @@
 """What the diagnostic tools (`tools/probe_*.py`) compute, kept out of the library: sub-tasks and a baseline rule of
 Nth-farthest, how much a layer's output depends on its input, and the links a physics counter believes in."""
 
-import keras
 import numpy as np
 
 from relation_networks.data import nth_farthest as nf
@@ -69,6 +68,8 @@ def implied_links(model, balls, batch_size=500):
     """The links a counter with the components read-out (`SystemCount`) believes in: link probabilities
     `[S, n, n]` for the scenes `balls [S, n, 2 * frames + 1]` -- the sigmoid of its per-pair logits plus the
     read-out's learned offset, exactly what its count is computed from. `UserError` for any other model."""
+    import keras
+
     names = [layer.name for layer in model.layers]
     if "system_count" not in names or "pair_logits" not in names:
         raise UserError(f"{model.name} has no components read-out (model.readout=components): it does not "
@@ -104,3 +105,14 @@ def link_metrics(probabilities, connections):
             "pair_accuracy": float((predicted == labels).mean()),
             "scenes_all_correct": float((predicted == labels).all(axis=1).mean()),
             "count_from_links": float((counted == systems).mean())}
+
+
+def linear_probe(features, labels, train):
+    """Per held-out row (`~train`), whether a least-squares one-vs-rest linear read-out of `labels`, fitted on
+    `train`, gets it right."""
+    x = np.concatenate([features, np.ones((len(features), 1), features.dtype)], axis=1)
+    classes = np.unique(labels)
+    targets = (labels[:, None] == classes[None, :]).astype(np.float64)
+    weights = np.linalg.lstsq(x[train], targets[train], rcond=None)[0]
+    predicted = classes[np.argmax(x[~train] @ weights, axis=1)]
+    return predicted == labels[~train]

@@ -29,6 +29,11 @@ flags.DEFINE_multi_string("set", [], "Config overrides, as for tools/train.py.")
 flags.DEFINE_integer("batch_size", 64, "Batch size (questions per step).")
 flags.DEFINE_integer("repeats", 5, "Timings per variant (the median is reported).")
 flags.DEFINE_integer("steps", 10, "Steps per timing.")
+flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Precision policies of the throughput table.")
+flags.DEFINE_list("jit", ["off", "on"], "XLA settings of the throughput table (off, on).")
+flags.register_validator("precisions", lambda v: set(v) <= {"float32", "mixed_bfloat16"},
+                         "--precisions: float32 and/or mixed_bfloat16")
+flags.register_validator("jit", lambda v: set(v) <= {"off", "on"}, "--jit: off and/or on")
 flags.DEFINE_list("sizes", ["25", "64", "100", "256", "400"], "Object counts for the scaling curve.")
 flags.DEFINE_integer("scaling_repeats", 3, "Timings per size (1 for sizes above 100).")
 flags.DEFINE_integer("chunk_pairs", 4096, "Chunked runs process about this many pairs per block.")
@@ -73,9 +78,9 @@ def throughput(config_path):
     for group in sorted({1, default_group}):
         config.data.group_questions = group
         features, labels = next(iter(task.training_dataset(config, seed=0).batch(FLAGS.batch_size // group)))
-        for precision in ("float32", "mixed_bfloat16"):
+        for precision in FLAGS.precisions:
             for factorized in (False, True):
-                for jit in (False, True):
+                for jit in [setting == "on" for setting in FLAGS.jit]:
                     config.model.factorized = factorized
                     keras.config.set_dtype_policy(precision)
                     keras.utils.set_random_seed(0)

@@ -39,22 +39,11 @@ def _cell_labels(objects, cells_per_row):
     return colour, shape
 
 
-def _linear_probe(features, labels, train):
-    """Per held-out row (`~train`), whether a least-squares one-vs-rest linear read-out of `labels`, fitted on
-    `train`, gets it right."""
-    import numpy as np
-
-    x = np.concatenate([features, np.ones((len(features), 1), features.dtype)], axis=1)
-    classes = np.unique(labels)
-    targets = (labels[:, None] == classes[None, :]).astype(np.float64)
-    weights = np.linalg.lstsq(x[train], targets[train], rcond=None)[0]
-    predicted = classes[np.argmax(x[~train] @ weights, axis=1)]
-    return predicted == labels[~train]
-
-
 def probe(cnn_features, objects):
     """Colour and shape probe scores for CNN cell features `[images, cells, dims]` of images with `objects`."""
     import numpy as np
+
+    from _probes import linear_probe
 
     images, cells, dims = cnn_features.shape
     colour, shape = _cell_labels(objects, int(round(cells**0.5)))
@@ -62,13 +51,13 @@ def probe(cnn_features, objects):
     features = cnn_features.reshape(-1, dims).astype(np.float64)
     colour, shape = colour.reshape(-1), shape.reshape(-1)
     occupied = shape >= 0
-    colour_right = _linear_probe(features, colour, train)  # one read-out over all cells, empty ones included
+    colour_right = linear_probe(features, colour, train)  # one read-out over all cells, empty ones included
     colour_objects = float(np.mean(colour_right[occupied[~train]]))
     colour_all = float(np.mean(colour_right))
     return {
         "colour_accuracy_object_cells": colour_objects,
         "colour_accuracy_all_cells": colour_all,
-        "shape_accuracy_object_cells": float(np.mean(_linear_probe(features[occupied], shape[occupied], train[occupied]))),
+        "shape_accuracy_object_cells": float(np.mean(linear_probe(features[occupied], shape[occupied], train[occupied]))),
     }
 
 

@@ -34,7 +34,6 @@ from absl import app, flags
 from relation_networks import config as config_lib
 from relation_networks.errors import UserError
 from relation_networks.io import write_markdown_section
-from relation_networks.training import hardware_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_KEYS = {"name", "config", "run_dir", "stages", "archive", "launch"}
@@ -135,6 +134,8 @@ def _figure(run, figures, out):
 def report(experiment, figures=None, out=None):
     """A Markdown table (one row per run: the split's headline metrics beside the paper's, training time, steps,
     seed, hardware), then each run's commands (and learning curve, if drawn in `figures`)."""
+    from relation_networks.training import hardware_text  # here, not above: --help does not start TensorFlow
+
     split = experiment["split"]
     rows, notes = [], []
     for run in experiment["runs"]:
@@ -150,6 +151,8 @@ def report(experiment, figures=None, out=None):
         shown += "".join(f"; {name} {value}" + (f" (paper {extra['paper_' + name]})" if "paper_" + name in extra else "")
                          for name, value in extra.items()
                          if isinstance(value, int) and not isinstance(value, bool) and not name.startswith("paper_"))
+        shown += "".join(f"; {name.replace('_', ' ')}: {', '.join(value) or 'none'}" for name, value in extra.items()
+                         if isinstance(value, list) and not name.startswith("paper_"))
         stopped = " (time limit)" if metrics.get("stopped") == "time_limit" else ""
         best = metrics.get("best")
         kept = f", best of epoch {best['epoch']}" if best else ""

@@ -1,0 +1,150 @@
+"""What a bAbI model's sentence and question encoders keep of each word: linear probes.
+
+    python tools/probe_babi.py --model saved_models/babi/1 [--tasks 16,19] [--json out.json]
+
+For each task, the distinct statements (and questions) of its training file are encoded by the model's sentence
+LSTM (question LSTM), and for every word position (from the start and from the end) a least-squares linear read-out
+is fitted, on two thirds of the distinct sentences, from the encoding to the word at that position. Printed: the accuracy on the other third, for the trained encoder and for the same encoder
+freshly initialised, beside the share of the most frequent word (what a read-out that learnt nothing scores). A
+model that cannot answer "what colour is Greg?" although its encodings keep every name, animal and colour fails
+in the relation module, not in the encoder. With task 16 among --tasks, the model's answers to its held-out
+(val) questions are also compared with simple rules (a colour of the story, the last colour stated, a uniform
+pick among the story's colours).
+"""
+
+import json
+
+import _common  # noqa: F401
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "A bAbI model: an exported directory, a run directory or a .keras file.")
+flags.DEFINE_list("tasks", ["16", "19"], "bAbI task numbers to probe.")
+flags.DEFINE_multi_string("set", [], "Override a config value, e.g. --set data.dir=/path (repeatable).")
+flags.DEFINE_integer("seed", 0, "Seed of the fresh encoder and of the probe's split of the sentences.")
+flags.DEFINE_string("json", None, "Also write the scores here.")
+flags.mark_flag_as_required("model")
+
+
+def distinct(token_lists):
+    """The distinct token lists, in first-seen order."""
+    seen = {}
+    for tokens in token_lists:
+        seen.setdefault(tuple(tokens), None)
+    return [list(t) for t in seen]
+
+
+def word_probes(encodings, sentences, rng, max_positions=12):
+    """{position: {"accuracy", "majority", "words"}} of linear read-outs from `encodings` `[n, dims]` to the word
+    at each position of `sentences` (token lists): 1 = first word, -1 = last word, ... A position that holds one
+    word in every sentence (nothing to tell apart) is left out."""
+    import numpy as np
+
+    from _probes import linear_probe
+
+    train = rng.permutation(len(sentences)) < 2 * len(sentences) // 3
+    scores = {}
+    for position in [p for k in range(1, max_positions + 1) for p in (k, -k)]:
+        rows = np.array([len(s) >= abs(position) for s in sentences])
+        words = np.array([s[position - 1 if position > 0 else position] if r else "" for s, r in zip(sentences, rows)])
+        if len(set(words[rows])) < 2 or (~train[rows]).sum() < 5:
+            continue
+        right = linear_probe(encodings[rows].astype(np.float64), words[rows], train[rows])
+        held_out = words[rows][~train[rows]]
+        _, counts = np.unique(held_out, return_counts=True)
+        scores[position] = {"accuracy": float(right.mean()), "majority": float(counts.max() / len(held_out)),
+                            "words": int(len(set(words[rows])))}
+    return scores
+
+
+def induction_answers(questions, predicted):
+    """How the answers `predicted` (strings) to qa16 (basic induction) questions relate to their stories: shares
+    that are right, that name a colour stated in the story, that repeat the last colour stated, and the expected
+    score of a uniform pick among the story's distinct colours."""
+    import numpy as np
+
+    shares = {"right": [], "a_colour_of_the_story": [], "the_last_colour_stated": [], "uniform_pick_among_them": []}
+    for q, answer in zip(questions, predicted):
+        colours = [s[-1] for s in q.context if len(s) == 3]  # "<name> is <colour>"; "<name> is a <animal>" has 4
+        shares["right"].append(answer == q.answer)
+        shares["a_colour_of_the_story"].append(answer in colours)
+        shares["the_last_colour_stated"].append(bool(colours) and answer == colours[-1])
+        shares["uniform_pick_among_them"].append(q.answer in colours and 1 / len(set(colours)))
+    return {name: float(np.mean(values)) for name, values in shares.items()}
+
+
+@_common.main_wrapper
+def main(argv):
+    del argv
+    import keras
+    import numpy as np
+
+    from relation_networks import tasks, training
+    from relation_networks.data import babi
+    from relation_networks.errors import UserError
+    from relation_networks.inference import _config_next_to
+
+    config = _config_next_to(FLAGS.model, FLAGS.set)
+    if config.task != "babi":
+        raise UserError(f"{FLAGS.model} is a {config.task} model; this probe is for bAbI models.")
+    task = tasks.get("babi")
+    vocab = task.vocabulary(config)
+    model = task.model_from_config(config)
+    training.initialize_from(model, FLAGS.model)
+    keras.utils.set_random_seed(FLAGS.seed)
+    fresh = task.model_from_config(config)
+    index = {w: i for i, w in enumerate(vocab.words)}
+    d = config.data
+
+    def ids(token_lists, length):
+        out = np.zeros((len(token_lists), length), np.int32)
+        for k, tokens in enumerate(token_lists):
+            out[k, length - len(tokens):] = [index.get(t, 1) for t in tokens]
+        return out
+
+    def sentence_states(m, sentences):
+        context = ids(sentences, d.sentence_length)[:, None, :]  # one sentence per example
+        objects, _ = m.get_layer("sentence_objects")(context)
+        return keras.ops.convert_to_numpy(objects)[:, 0, : config.model.sentence_lstm]
+
+    def question_states(m, questions):
+        layer = m.get_layer("question_lstm")
+        return keras.ops.convert_to_numpy(layer(m.get_layer("question_embedding")(ids(questions, d.question_length))))
+
+    scores = {"model": FLAGS.model, "seed": FLAGS.seed, "tasks": {}}
+    for number in [int(t) for t in FLAGS.tasks]:
+        questions = babi.load_split(d.dir, "train", [number], max_context=d.max_sentences)
+        parts = {
+            "statements": (distinct(s for q in questions for s in q.context), sentence_states),
+            "questions": (distinct(q.question for q in questions), question_states),
+        }
+        scores["tasks"][f"qa{number}"] = result = {}
+        for part, (texts, encode) in parts.items():
+            result[part] = {"count": len(texts)}
+            for name, m in (("trained", model), ("initial", fresh)):
+                result[part][name] = word_probes(encode(m, texts), texts, np.random.default_rng(FLAGS.seed))
+            print(f"qa{number} {part} ({len(texts)} distinct, e.g. {' '.join(texts[0])!r}; word position 1 = first, "
+                  "-1 = last):")
+            print(f"{'position':>10}{'words':>7}{'trained':>10}{'initial':>10}{'majority':>10}")
+            for position, s in result[part]["trained"].items():
+                print(f"{position:>10}{s['words']:>7}{100 * s['accuracy']:9.1f}%"
+                      f"{100 * result[part]['initial'][position]['accuracy']:9.1f}%{100 * s['majority']:9.1f}%")
+    if 16 in [int(t) for t in FLAGS.tasks]:
+        held_out = [q for q in task._raw(config, "val") if q.task == 16]
+        arrays = task.encoded(config, "val")
+        rows = arrays["task"] == 16
+        logits = model.predict({"context": arrays["context"][rows], "question": arrays["question"][rows]},
+                               batch_size=256, verbose=0)
+        shares = induction_answers(held_out, [vocab.answers[i] for i in logits.argmax(-1)])
+        scores["tasks"]["qa16"]["val_answers"] = shares
+        print(f"qa16 answers to the {len(held_out)} held-out (val) questions:")
+        for name, share in shares.items():
+            print(f"  {name.replace('_', ' '):<28}{100 * share:6.1f}%")
+    if FLAGS.json:
+        from relation_networks.io import atomic_write_json
+
+        atomic_write_json(FLAGS.json, json.loads(json.dumps(scores)))
+
+
+if __name__ == "__main__":
+    app.run(main)
