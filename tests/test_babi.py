@@ -339,3 +339,48 @@ def test_relational_memory_encoder_trains_masks_absent_sentences_and_exports(bab
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(out, "babi", "1", "signature.json")) as f:
         assert all(c["ok"] for c in json.load(f)["parity"]["checks"])
+
+
+def test_induction_answer_shares_by_independent_computation():
+    from _probes import induction_answers
+
+    from relation_networks.data.babi import Question, tokenize
+
+    story = [tokenize(s) for s in ("Lily is a swan.", "Lily is white.", "Greg is a frog.", "Greg is green.",
+                                   "Brian is a swan.")]
+    question = Question(task=16, context=story, question=tokenize("What color is Brian?"), answer="white",
+                        supporting=[1, 2, 5], source="x:6")
+    # right; a story colour but the last stated (wrong); a colour never stated
+    shares = induction_answers([question] * 3, ["white", "green", "gray"])
+    assert shares == {"right": 1 / 3, "a_colour_of_the_story": 2 / 3, "the_last_colour_stated": 1 / 3,
+                      "uniform_pick_among_them": 1 / 2}  # two distinct colours in the story, the answer among them
+
+
+def test_word_probes_read_a_word_kept_in_the_encoding_and_not_one_left_out():
+    import numpy as np
+
+    from _probes import word_probes
+
+    rng = np.random.default_rng(0)
+    names, colours = ["lily", "greg", "brian", "julius"], ["white", "green", "gray", "yellow", "red"]
+    sentences = [[n, "is", c] for n in names for c in colours] * 3
+    name_code = np.eye(len(names))[[names.index(s[0]) for s in sentences]]
+    encodings = np.concatenate([name_code, rng.normal(size=(len(sentences), 3))], axis=1)  # keeps the name only
+    scores = word_probes(encodings, sentences, np.random.default_rng(0))
+    assert scores[1]["accuracy"] == 1.0 and scores[1]["words"] == 4
+    assert scores[-1]["accuracy"] < 0.6 and scores[-1]["words"] == 5  # the colour is not in the encoding
+    assert 2 not in scores  # "is" everywhere: nothing to tell apart
+
+
+def test_probe_babi_tool_reads_a_trained_model(babi_run, babi_dir, tmp_path):
+    run_dir, _ = babi_run
+    out = tmp_path / "probe.json"
+    result = run_tool("probe_babi", "--model", run_dir, "--tasks", "1", "--set", f"data.dir={babi_dir}",
+                      "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "qa1 statements" in result.stdout
+    with open(out) as f:
+        scores = json.load(f)["tasks"]["qa1"]["statements"]
+    assert set(scores["trained"]) == set(scores["initial"]) and scores["trained"]
+    refused = run_tool("probe_babi", "--model", "saved_models/sort_of_clevr/1")
+    assert refused.returncode == 2 and "this probe is for bAbI models" in refused.stderr

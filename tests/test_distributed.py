@@ -71,7 +71,7 @@ def test_two_workers_hold_identical_weights_and_match_one_worker(tmp_path):
 
 def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     data, run_dir = str(tmp_path / "data"), tmp_path / "run"
-    args = _args(data, str(run_dir), "data.train_images=200", "model.g_units=[32,32]", "train.batch_size=8",
+    args = _args(data, str(run_dir), "data.train_images=80", "model.g_units=[32,32]", "train.batch_size=8",
                  "train.checkpoint_every_steps=20", "train.eval_splits=[]")
     command = [sys.executable, os.path.join(ROOT, "tools", "train.py"), *args]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -89,7 +89,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     result = run_tool("train", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed_at = int(re.search(r"Resumed from .*ckpt-(\d+) at step (\d+)", result.stdout).group(2))
-    steps_per_epoch = 200 * 20 // 8
+    steps_per_epoch = 80 * 20 // 8
     assert 0 < resumed_at < 2 * steps_per_epoch
     first_logged = int(re.search(r"step (\d+)/", result.stdout).group(1))
     assert first_logged > resumed_at  # the step counter continues, it does not restart at 0

@@ -1,5 +1,6 @@
 """What the diagnostic tools (`tools/probe_*.py`) compute, kept out of the library: sub-tasks and a baseline rule of
-Nth-farthest, how much a layer's output depends on its input, and the links a physics counter believes in."""
+Nth-farthest, how much a layer's output depends on its input, the links a physics counter believes in, linear
+read-outs of encodings, and how bAbI qa16 answers relate to their stories."""
 
 import numpy as np
 
@@ -116,3 +117,44 @@ def linear_probe(features, labels, train):
     weights = np.linalg.lstsq(x[train], targets[train], rcond=None)[0]
     predicted = classes[np.argmax(x[~train] @ weights, axis=1)]
     return predicted == labels[~train]
+
+
+def distinct(token_lists):
+    """The distinct token lists, in first-seen order."""
+    seen = {}
+    for tokens in token_lists:
+        seen.setdefault(tuple(tokens), None)
+    return [list(t) for t in seen]
+
+
+def word_probes(encodings, sentences, rng, max_positions=12):
+    """{position: {"accuracy", "majority", "words"}} of linear read-outs from `encodings` `[n, dims]` to the word
+    at each position of `sentences` (token lists): 1 = first word, -1 = last word, ... A position that holds one
+    word in every sentence (nothing to tell apart) is left out."""
+    train = rng.permutation(len(sentences)) < 2 * len(sentences) // 3
+    scores = {}
+    for position in [p for k in range(1, max_positions + 1) for p in (k, -k)]:
+        rows = np.array([len(s) >= abs(position) for s in sentences])
+        words = np.array([s[position - 1 if position > 0 else position] if r else "" for s, r in zip(sentences, rows)])
+        if len(set(words[rows])) < 2 or (~train[rows]).sum() < 3:
+            continue
+        right = linear_probe(encodings[rows].astype(np.float64), words[rows], train[rows])
+        held_out = words[rows][~train[rows]]
+        _, counts = np.unique(held_out, return_counts=True)
+        scores[position] = {"accuracy": float(right.mean()), "majority": float(counts.max() / len(held_out)),
+                            "words": int(len(set(words[rows])))}
+    return scores
+
+
+def induction_answers(questions, predicted):
+    """How the answers `predicted` (strings) to qa16 (basic induction) questions relate to their stories: shares
+    that are right, that name a colour stated in the story, that repeat the last colour stated, and the expected
+    score of a uniform pick among the story's distinct colours."""
+    shares = {"right": [], "a_colour_of_the_story": [], "the_last_colour_stated": [], "uniform_pick_among_them": []}
+    for q, answer in zip(questions, predicted):
+        colours = [s[-1] for s in q.context if len(s) == 3]  # "<name> is <colour>"; "<name> is a <animal>" has 4
+        shares["right"].append(answer == q.answer)
+        shares["a_colour_of_the_story"].append(answer in colours)
+        shares["the_last_colour_stated"].append(bool(colours) and answer == colours[-1])
+        shares["uniform_pick_among_them"].append(q.answer in colours and 1 / len(set(colours)))
+    return {name: float(np.mean(values)) for name, values in shares.items()}
