@@ -252,8 +252,6 @@ def _source_variables(source):
         raise UserError(
             f"train.init_from={source!r} is neither an exported model directory (with saved_model.pb), a run "
             f"directory with {MODEL_FILE}, nor a .keras file.")
-    import relation_networks.layers  # noqa: F401  registers the serializable layers
-
     trained = keras.saving.load_model(path, compile=False, safe_mode=False)
     return {v.path: v.numpy() for v in trained.variables}
 

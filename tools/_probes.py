@@ -2,6 +2,7 @@
 Nth-farthest, how much a layer's output depends on its input, the links a physics counter believes in, linear
 read-outs of encodings, and how bAbI qa16 answers relate to their stories."""
 
+import keras
 import numpy as np
 
 from relation_networks.data import nth_farthest as nf
@@ -69,8 +70,6 @@ def implied_links(model, balls, batch_size=500):
     """The links a counter with the components read-out (`SystemCount`) believes in: link probabilities
     `[S, n, n]` for the scenes `balls [S, n, 2 * frames + 1]` -- the sigmoid of its per-pair logits plus the
     read-out's learned offset, exactly what its count is computed from. `UserError` for any other model."""
-    import keras
-
     names = [layer.name for layer in model.layers]
     if "system_count" not in names or "pair_logits" not in names:
         raise UserError(f"{model.name} has no components read-out (model.readout=components): it does not "

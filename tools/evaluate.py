@@ -10,6 +10,7 @@
 import _common  # noqa: F401
 from absl import app, flags
 
+from relation_networks import inference, tasks
 from relation_networks.errors import UserError
 from relation_networks.io import atomic_write_json
 
@@ -29,8 +30,6 @@ def main(argv):
     del argv
     if bool(FLAGS.run) == bool(FLAGS.model):
         raise UserError("Pass exactly one of --run DIR or --model PATH.")
-    from relation_networks import inference, tasks  # here, not above: --help does not start TensorFlow
-
     config, predict = inference.load_predictor(FLAGS.run or FLAGS.model, FLAGS.set)
     task = tasks.get(config.task)
     task.prepare(config)

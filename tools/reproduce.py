@@ -34,6 +34,7 @@ from absl import app, flags
 from relation_networks import config as config_lib
 from relation_networks.errors import UserError
 from relation_networks.io import write_markdown_section
+from relation_networks.training import hardware_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_KEYS = {"name", "config", "run_dir", "stages", "archive", "launch"}
@@ -134,8 +135,6 @@ def _figure(run, figures, out):
 def report(experiment, figures=None, out=None):
     """A Markdown table (one row per run: the split's headline metrics beside the paper's, training time, steps,
     seed, hardware), then each run's commands (and learning curve, if drawn in `figures`)."""
-    from relation_networks.training import hardware_text  # here, not above: --help does not start TensorFlow
-
     split = experiment["split"]
     rows, notes = [], []
     for run in experiment["runs"]:

@@ -10,6 +10,7 @@ import _common  # noqa: F401  (must come first: quiet TensorFlow logs, import pa
 from absl import app, flags
 
 from relation_networks import config as config_lib
+from relation_networks import training
 
 FLAGS = flags.FLAGS
 _common.define_config_flags()
@@ -22,8 +23,6 @@ def main(argv):
     config = config_lib.load(FLAGS.config, FLAGS.set)
     if FLAGS.run_dir:
         config.run_dir = FLAGS.run_dir
-    from relation_networks import training  # here, not above: --help does not start TensorFlow
-
     training.train(config)
 
 
