@@ -1,22 +1,14 @@
 import os
-import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
+from tool_runner import run_tool  # noqa: E402,F401  (the tests' way to run a tool as its own process)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))  # the tools' helpers (`_probes`) and `reproduce` for the tests
-
-
-def run_tool(name, *args, env=None, timeout=600):
-    """Run `tools/<name>.py` in a subprocess; return the CompletedProcess (text output)."""
-    full_env = dict(os.environ, **(env or {}))
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", f"{name}.py"), *args],
-        capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT,
-    )
 
 
 @pytest.fixture(autouse=True)

@@ -3,10 +3,8 @@
 import glob
 import os
 import re
-import subprocess
-import sys
 
-from conftest import ROOT
+from conftest import ROOT, run_tool
 
 TOOLS = sorted(p for p in glob.glob(os.path.join(ROOT, "tools", "*.py")) if not os.path.basename(p).startswith("_"))
 
@@ -22,13 +20,10 @@ def _declared_flags(path):
 
 def test_help_of_every_tool_lists_its_flags():
     assert len(TOOLS) >= 8
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    processes = {path: subprocess.Popen([sys.executable, path, "--help"], cwd=ROOT, env=env, text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE) for path in TOOLS}
-    for path, process in processes.items():
-        out, err = process.communicate(timeout=300)
+    for path in TOOLS:
         name = os.path.basename(path)
-        assert process.returncode in (0, 1), f"{name}: {err[-2000:]}"  # absl's --help exits with 1
-        assert out.strip() and "Traceback" not in err, f"{name}: {err[-2000:]}"
+        result = run_tool(name[: -len(".py")], "--help", timeout=300)
+        assert result.returncode in (0, 1), f"{name}: {result.stderr[-2000:]}"  # absl's --help exits with 1
+        assert result.stdout.strip() and "Traceback" not in result.stderr, f"{name}: {result.stderr[-2000:]}"
         for flag in _declared_flags(path):
-            assert re.search(rf"--(\[no\])?{flag}\b", out), f"{name} --help does not list --{flag}"
+            assert re.search(rf"--(\[no\])?{flag}\b", result.stdout), f"{name} --help does not list --{flag}"
