@@ -384,3 +384,104 @@ def test_probe_babi_tool_reads_a_trained_model(babi_run, babi_dir, tmp_path):
     assert set(scores["trained"]) == set(scores["initial"]) and scores["trained"]
     refused = run_tool("probe_babi", "--model", "saved_models/sort_of_clevr/1")
     assert refused.returncode == 2 and "this probe is for bAbI models" in refused.stderr
+
+
+def _induction_stories(rng, count):
+    """qa16-style stories written here: four people, each of a species and a colour; every species has one
+    colour; the question asks the colour of the last person, whose colour is not stated."""
+    people, species, colours = ["lily", "greg", "brian", "julius"], ["swan", "frog", "lion"], ["white", "gray", "green"]
+    lines = []
+    for _ in range(count):
+        colour_of = dict(zip(species, rng.permutation(colours)))
+        who = rng.permutation(people)
+        kinds = [species[i] for i in rng.integers(0, 3, len(who))]
+        kinds[-1] = kinds[0]  # the asked person shares a species with someone whose colour is stated
+        story = [s for p, k in zip(who[:-1], kinds[:-1]) for s in (f"{p.title()} is a {k}.", f"{p.title()} is {colour_of[k]}.")]
+        story.append(f"{who[-1].title()} is a {kinds[-1]}.")
+        lines += [f"{n} {s}" for n, s in enumerate(story, 1)]
+        lines.append(f"{len(story) + 1} What color is {who[-1].title()}?\t{colour_of[kinds[-1]]}\t1")
+    return "\n".join(lines) + "\n", people, species, colours
+
+
+def _induced_colour(story_words, question_words):
+    """The answer of an induction question, by the rule: the colour stated for another member of the species."""
+    species_of, colour_of = {}, {}
+    for words in story_words:
+        (colour_of if len(words) == 3 else species_of)[words[0]] = words[-1]
+    kind = species_of[question_words[-1]]
+    return next(colour_of[p] for p, k in species_of.items() if k == kind and p in colour_of)
+
+
+def test_interchanged_words_keep_every_answer_right_by_the_rule(tmp_path):
+    text, people, species, colours = _induction_stories(np.random.default_rng(0), 40)
+    questions = babi.parse_file(_write(tmp_path, "qa16_basic-induction_train.txt", text))
+    vocab = babi.Vocabulary.build(questions)
+    arrays = babi.encode(questions, vocab, 20, 6, 5)
+    renamed = babi.interchange_words(arrays, np.arange(30), [people, species, colours], vocab, np.random.default_rng(1))
+    words = np.array(vocab.words)
+    changed = 0
+    for i in range(len(questions)):
+        story = [[w for w in words[s] if w != babi.PAD] for s in renamed["context"][i] if s.any()]
+        question = [w for w in words[renamed["question"][i]] if w != babi.PAD]
+        assert vocab.answers[renamed["answer"][i]] == _induced_colour(story, question), i
+        changed += not np.array_equal(renamed["context"][i], arrays["context"][i])
+    assert 25 <= changed <= 30  # renamed rows only (a row may draw the identity), the others untouched
+    np.testing.assert_array_equal(renamed["context"][30:], arrays["context"][30:])
+    assert not np.array_equal(renamed["context"], arrays["context"])  # the input arrays are not changed in place
+    with pytest.raises(DataError, match="not in the vocabulary.*zebra"):
+        babi.interchange_words(arrays, [0], [["swan", "zebra"]], vocab, np.random.default_rng(0))
+    with pytest.raises(DataError, match="some are answers and some are not"):
+        babi.interchange_words(arrays, [0], [["white", "swan"]], vocab, np.random.default_rng(0))
+
+
+def test_interchanged_words_only_in_training_data_and_new_each_epoch(babi_dir, tmp_path):
+    from relation_networks import config as config_lib
+    from relation_networks import tasks
+    from relation_networks.config import ConfigError
+
+    sets = [f"data.dir={babi_dir}", "data.tasks=[1,6]", f"run_dir={tmp_path / 'run'}",
+            "data.interchangeable={qa1: [[mary, john, sandra], [kitchen, garden, office]]}"]
+    config = config_lib.load("configs/babi.yaml", overrides=sets)
+    task = tasks.get("babi")
+    plain = task.encoded(config, "train")
+
+    def epoch(seed):
+        features, answers = zip(*task.training_dataset(config, seed=seed).as_numpy_iterator())
+        return np.stack([f["context"] for f in features]), np.array(answers)
+
+    (first, answers), (again, _), (second, _) = epoch(3), epoch(3), epoch(4)
+    np.testing.assert_array_equal(first, again)  # seeded: a resumed epoch sees the same questions
+    assert not np.array_equal(np.sort(first.reshape(len(first), -1), 0), np.sort(second.reshape(len(second), -1), 0))
+    assert sorted(map(bytes, first.reshape(len(first), -1))) != sorted(map(bytes, plain["context"].reshape(len(first), -1)))
+    assert answers.min() >= 0 and len(answers) == (plain["answer"] >= 0).sum()
+    for split in ("val", "test"):  # evaluation data are never renamed
+        features, labels = zip(*task.dataset(config, split).as_numpy_iterator())
+        np.testing.assert_array_equal(np.stack([f["context"] for f in features]), task.encoded(config, split)["context"])
+    for groups, message in (("{qa2: [[mary, john]]}", "keys are tasks of data.tasks"),
+                            ("{qa1: [[mary]]}", "two or more distinct words"),
+                            ("{qa1: [[mary, john], [john, sandra]]}", "one group only")):
+        with pytest.raises(ConfigError, match=message):
+            config_lib.load("configs/babi.yaml", overrides=sets[:3] + [f"data.interchangeable={groups}"])
+    bad = config_lib.load("configs/babi.yaml", overrides=sets[:3] + ["data.interchangeable={qa6: [[mary, zed]]}"])
+    with pytest.raises(ConfigError, match=r"data.interchangeable.qa6: .*zed"):
+        task.training_dataset(bad, seed=0)
+
+
+def test_a_run_started_from_a_model_keeps_its_vocabulary_on_fewer_tasks(babi_run, babi_dir, tmp_path):
+    """`train.init_from` on one of the source's tasks: the source's vocabulary (not one built from that task's
+    files), so that its word embeddings and answer logits fit; saved in the new run."""
+    from relation_networks import config as config_lib
+    from relation_networks import tasks
+    from relation_networks.training import initialize_from
+
+    source = babi_run[0]
+    run_dir = tmp_path / "finetune"
+    config = config_lib.load(os.path.join(source, "config.yaml"), overrides=[
+        "data.tasks=[6]", f"train.init_from={source}", f"run_dir={run_dir}"])
+    task = tasks.get("babi")
+    vocab = task.vocabulary(config)
+    with open(os.path.join(source, "vocab.json")) as f:
+        assert vocab.to_json() == json.load(f)
+    assert len(vocab.answers) > len(babi.Vocabulary.build(task._raw(config, "train")).answers)  # task 6: yes/no
+    assert os.path.isfile(run_dir / "vocab.json")
+    assert initialize_from(task.build_model(config), source) > 0

@@ -24,6 +24,7 @@ finished run's metrics.json and config.yaml there. `--out FILE` writes the repor
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -80,9 +81,9 @@ def commands(run, extra=()):
 def train(experiment, extra=(), log=print):
     for run in experiment["runs"]:
         for command in commands(run, extra):
-            log("$ " + " ".join(command[1:]))
+            log("$ " + shlex.join(command[1:]))
             if subprocess.run(command, cwd=ROOT).returncode != 0:
-                raise UserError(f"Training {run['name']!r} failed: {' '.join(command[1:])}")
+                raise UserError(f"Training {run['name']!r} failed: {shlex.join(command[1:])}")
 
 
 def metrics_of(run):
@@ -159,7 +160,7 @@ def report(experiment, figures=None, out=None):
                     f"{metrics['step']:,} ({metrics['epochs_completed']} epochs{kept}) | {metrics['seed']} | "
                     f"{hardware_text(metrics['hardware'])}{', ' + run['launch'] if run.get('launch') else ''} |")
         stages = commands(run)
-        text = "; then ".join(f"`python {' '.join(c[1:])}`" for c in stages)
+        text = "; then ".join(f"`python {shlex.join(c[1:])}`" for c in stages)
         notes.append(f"- {run['name']} ({'archived in ' + source if source != run['run_dir'] else source}): {text}"
                      + _figure(run, figures, out))
     header = (f"{experiment['title']} ({split} split)\n\n"
@@ -176,7 +177,7 @@ def main(argv):
     if FLAGS.dry_run:
         for run in experiment["runs"]:
             for command in commands(run, FLAGS.set):
-                print("python " + " ".join(command[1:]))
+                print("python " + shlex.join(command[1:]))
         return
     if FLAGS.train:
         train(experiment, FLAGS.set)

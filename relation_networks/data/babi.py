@@ -189,3 +189,44 @@ def encode(questions, vocab, max_sentences, sentence_length, question_length, wa
         warn(f"WARNING: {sum(unknown_answers.values())} answer(s) never seen in training (scored as wrong): "
              f"{', '.join(a for a, _ in unknown_answers.most_common(10))}")
     return {"context": context, "question": question, "answer": answer, "task": task}
+
+
+
+def interchange_words(arrays, rows, groups, vocab, rng):
+    """A copy of `encode`'s `arrays` in which every question in `rows` has the words of each group renamed by its
+    own random permutation of the group, alike in its story, its question and its answer.
+
+    `groups` are lists of words that play interchangeable roles in a task (the names, animals and colours of
+    qa16): renaming them consistently keeps the answer right (renamed with them) while the story is one the model
+    has not seen. `rng` is a numpy Generator. A word outside `vocab` is a `DataError`.
+    """
+    index = {w: i for i, w in enumerate(vocab.words)}
+    answer_index = {a: i for i, a in enumerate(vocab.answers)}
+    unknown = [w for group in groups for w in group if w not in index]
+    if unknown:
+        raise DataError(f"Interchangeable word(s) not in the vocabulary of the training files: {', '.join(unknown)}.")
+    for group in groups:
+        answers = [w in answer_index for w in group]
+        if any(answers) and not all(answers):
+            raise DataError(f"Interchangeable words {group}: some are answers and some are not; a group's words "
+                            "must all be answers or none (a renamed answer must stay an answer).")
+    word_answer = np.full(len(vocab.words), -1, np.int64)  # word id -> answer id
+    answer_word = np.full(len(vocab.answers), -1, np.int64)  # answer id -> word id
+    for w, a in answer_index.items():
+        if w in index:
+            word_answer[index[w]], answer_word[a] = a, index[w]
+    out = {name: values.copy() for name, values in arrays.items()}
+    rows = np.asarray(rows, np.int64)
+    n = len(rows)
+    tables = np.tile(np.arange(len(vocab.words), dtype=np.int32), (n, 1))  # per question: word id -> renamed id
+    for group in groups:
+        ids = np.array([index[w] for w in group], np.int32)
+        tables[:, ids] = ids[np.argsort(rng.random((n, len(ids))), axis=1)]
+    context = arrays["context"][rows]
+    out["context"][rows] = np.take_along_axis(tables, context.reshape(n, -1), axis=1).reshape(context.shape)
+    out["question"][rows] = np.take_along_axis(tables, arrays["question"][rows], axis=1)
+    answers = arrays["answer"][rows]
+    words = np.where(answers >= 0, answer_word[np.maximum(answers, 0)], -1)
+    renamed = word_answer[tables[np.arange(n), np.maximum(words, 0)]]
+    out["answer"][rows] = np.where(words >= 0, renamed, answers)
+    return out

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import typing
 
 import keras
@@ -45,6 +46,24 @@ class BabiData:
     # windows of `length_window` batches, sorted by their number of sentences within a window, and the batches
     # are shuffled. With `model.trim` a batch then costs what its longest story needs, not `max_sentences`.
     length_window: int = bounded(0, low=0)
+    # Training only (default: none): per task, groups of words with interchangeable roles, e.g. qa16's names,
+    # animals and colours: {qa16: [[lily, bernhard, greg, julius, brian], [swan, lion, frog, rhino], ...]}. Each
+    # training question of the task gets each group's words renamed by a random permutation of the group, drawn
+    # afresh every epoch, alike in its story, question and answer (`babi.interchange_words`). Validation and test
+    # questions are never changed.
+    interchangeable: typing.Dict[str, typing.List[typing.List[str]]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        for name, groups in self.interchangeable.items():
+            key = f"data.interchangeable.{name}"
+            match = re.fullmatch(r"qa(\d+)", name)
+            if not match or int(match.group(1)) not in self.tasks:
+                raise ConfigError(f"'{key}': keys are tasks of data.tasks named qa<N>, got {name!r}.")
+            words = [w for group in groups for w in group]
+            if not groups or any(len(set(group)) < 2 or len(set(group)) < len(group) for group in groups):
+                raise ConfigError(f"'{key}': every group needs two or more distinct words, got {groups}.")
+            if len(set(words)) < len(words):
+                raise ConfigError(f"'{key}': a word may be in one group only, got {groups}.")
 
 
 @dataclasses.dataclass
@@ -143,14 +162,20 @@ class Babi(Task):
     model_config = BabiModel
 
     def vocabulary(self, config):
-        """The model's vocabulary: `vocab.json` in its directory, else built from the training files (and saved)."""
+        """The model's vocabulary: `vocab.json` in its directory; for a new run started from `train.init_from`, the
+        source model's (so that its word embeddings fit, whatever tasks this run trains on); else built from the
+        training files. A new run saves it in its directory."""
         path = os.path.join(config.run_dir or ".", VOCAB_FILE)
-        if os.path.isfile(path):
-            with open(path) as f:
-                return babi.Vocabulary.from_json(json.load(f))
-        train = self._raw(config, "train")
-        vocab = babi.Vocabulary.build(train)
-        if config.run_dir:
+        source = config.train.init_from
+        inherited = source and os.path.join(source if os.path.isdir(source) else os.path.dirname(source), VOCAB_FILE)
+        for candidate in (path, inherited):
+            if candidate and os.path.isfile(candidate):
+                with open(candidate) as f:
+                    vocab = babi.Vocabulary.from_json(json.load(f))
+                break
+        else:
+            vocab = babi.Vocabulary.build(self._raw(config, "train"))
+        if config.run_dir and not os.path.isfile(path):
             atomic_write_json(path, vocab.to_json())
         return vocab
 
@@ -193,20 +218,32 @@ class Babi(Task):
         return ds
 
     def training_dataset(self, config, *, seed=0, input_context=None):
-        window = config.data.length_window
-        if window < 0:
-            raise ConfigError(f"data.length_window must be 0 (off) or a number of batches, got {window}.")
-        if not window or not config.train.shuffle:
-            return super().training_dataset(config, seed=seed, input_context=input_context)
+        """The training questions with an answer in the vocabulary, shuffled with `seed` (one per epoch): in batches
+        of similar story length with `data.length_window`, and renamed with `data.interchangeable`."""
         arrays = self.encoded(config, "train")
-        pipelines = input_context.num_input_pipelines if input_context is not None else 1
-        global_batch = config.train.batch_size * pipelines  # train.batch_size is per worker
-        order = length_grouped_order(
-            story_lengths(arrays["context"]), np.flatnonzero(arrays["answer"] >= 0), global_batch, window, seed
-        )
+        if config.data.interchangeable:
+            arrays = self._interchanged(config, arrays, np.random.default_rng([seed, 1]))
+        order = np.flatnonzero(arrays["answer"] >= 0)  # answers outside the vocabulary cannot be trained on
+        if config.train.shuffle and config.data.length_window:
+            pipelines = input_context.num_input_pipelines if input_context is not None else 1
+            global_batch = config.train.batch_size * pipelines  # train.batch_size is per worker
+            order = length_grouped_order(
+                story_lengths(arrays["context"]), order, global_batch, config.data.length_window, seed)
+        elif config.train.shuffle:
+            order = np.random.default_rng(seed).permutation(order)
         ds = tf.data.Dataset.from_tensor_slices(_examples(arrays, order))
         # Element-wise sharding keeps each global batch's questions together: a worker's batch is its share of one.
         return self.shard(ds, input_context)
+
+    def _interchanged(self, config, arrays, rng):
+        vocab = self.vocabulary(config)
+        for name, groups in sorted(config.data.interchangeable.items()):
+            rows = np.flatnonzero(arrays["task"] == int(name[2:]))
+            try:
+                arrays = babi.interchange_words(arrays, rows, groups, vocab, rng)
+            except DataError as e:
+                raise ConfigError(f"data.interchangeable.{name}: {e}") from None
+        return arrays
 
     def build_model(self, config):
         return build_model(config.model, config.data, self.vocabulary(config))
