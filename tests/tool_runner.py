@@ -2,8 +2,9 @@
 
 A small fork server, started once, imports TensorFlow, Keras and the package before any TensorFlow op has run
 (so before TensorFlow starts its thread pools) and forks one child per tool run. The child is the tool's own
-process: it gets its command line, the caller's environment (plus `env`) and the checkout as working directory, runs the script as `__main__` with its
-stdout and stderr going to files, and exits with the script's exit status, as `python tools/<name>.py ...` would.
+process: it gets its command line, the caller's environment (plus `env`) and the checkout as working directory,
+runs the script as `__main__` with its stdout and stderr going to files, and exits with the script's exit status,
+as `python tools/<name>.py ...` would.
 A run then starts in about 0.1 s instead of about 5 s. Run as a script, this file is the server.
 """
 
@@ -98,8 +99,8 @@ def run_tool(name, *args, env=None, timeout=600):
     server = _start_server()
     with tempfile.TemporaryDirectory() as scratch:
         out, err = os.path.join(scratch, "stdout"), os.path.join(scratch, "stderr")
-        request = {"script": script, "args": command[1:], "env": dict(os.environ, **(env or {})), "cwd": ROOT, "stdout": out,
-                   "stderr": err}
+        request = {"script": script, "args": command[1:], "env": dict(os.environ, **(env or {})), "cwd": ROOT,
+                   "stdout": out, "stderr": err}
         server.stdin.write(json.dumps(request) + "\n")
         server.stdin.flush()
         pid = _answer(server)["pid"]

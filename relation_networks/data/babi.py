@@ -191,7 +191,6 @@ def encode(questions, vocab, max_sentences, sentence_length, question_length, wa
     return {"context": context, "question": question, "answer": answer, "task": task}
 
 
-
 def interchange_words(arrays, rows, groups, vocab, rng):
     """A copy of `encode`'s `arrays` in which every question in `rows` has the words of each group renamed by its
     own random permutation of the group, alike in its story, its question and its answer.
