@@ -467,6 +467,40 @@ def test_interchanged_words_only_in_training_data_and_new_each_epoch(babi_dir, t
         task.training_dataset(bad, seed=0)
 
 
+def test_repeated_task_questions_appear_that_often_per_epoch_in_training_only(babi_dir, tmp_path):
+    from relation_networks import config as config_lib
+    from relation_networks import tasks
+    from relation_networks.config import ConfigError
+
+    sets = [f"data.dir={babi_dir}", "data.tasks=[1,6]", f"run_dir={tmp_path / 'run'}", "data.repeats={qa6: 3}"]
+    config = config_lib.load("configs/babi.yaml", overrides=sets)
+    task = tasks.get("babi")
+    plain = task.encoded(config, "train")
+    trainable = plain["answer"] >= 0
+    qa6 = int(np.sum(trainable & (plain["task"] == 6)))
+    assert qa6 and task.num_examples(config, "train") == len(plain["task"]) + 2 * int(np.sum(plain["task"] == 6))
+
+    def questions(split=None, seed=0):
+        ds = task.training_dataset(config, seed=seed) if split is None else task.dataset(config, split)
+        return sorted(bytes(f["context"]) + bytes(f["question"]) for f, _ in ds.as_numpy_iterator())
+
+    expected = [bytes(c) + bytes(q) for c, q, t, ok in zip(plain["context"], plain["question"], plain["task"], trainable)
+                if ok for _ in range(3 if t == 6 else 1)]
+    assert questions() == sorted(expected)
+    assert questions("val") == sorted(bytes(c) + bytes(q) for c, q in zip(*(task.encoded(config, "val")[k]
+                                                                         for k in ("context", "question"))))
+
+    # With renaming, the copies of a question are renamed independently.
+    renamed = config_lib.load("configs/babi.yaml", overrides=sets[:3] + [
+        "data.repeats={qa1: 4}", "data.interchangeable={qa1: [[mary, john, sandra], [kitchen, garden, office]]}"])
+    contexts = [bytes(f["context"]) for f, _ in task.training_dataset(renamed, seed=1).as_numpy_iterator()]
+    assert len(set(contexts)) > len(plain["task"])
+    for repeats, message in (("{qa2: 2}", "keys are tasks of data.tasks"), ("{qa1: 0}", "whole number >= 1"),
+                             ("{qa1: 1.5}", "must be a int")):
+        with pytest.raises(ConfigError, match=f"'data.repeats.qa.'.*{message}"):
+            config_lib.load("configs/babi.yaml", overrides=sets[:3] + [f"data.repeats={repeats}"])
+
+
 def test_a_run_started_from_a_model_keeps_its_vocabulary_on_fewer_tasks(babi_run, babi_dir, tmp_path):
     """`train.init_from` on one of the source's tasks: the source's vocabulary (not one built from that task's
     files), so that its word embeddings and answer logits fit; saved in the new run."""

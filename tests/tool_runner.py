@@ -60,6 +60,7 @@ def _run_child(request):
 
 def serve():
     """The server loop: one JSON request per line on stdin; answers the child's pid, then its exit status."""
+    sys.path.insert(1, ROOT)  # the checkout's package, installed or not (after the tools' own directory)
     for module in PRELOAD:
         __import__(module)
     for line in sys.stdin:

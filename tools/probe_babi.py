@@ -48,7 +48,7 @@ def main(argv):
     training.initialize_from(model, FLAGS.model)
     keras.utils.set_random_seed(FLAGS.seed)
     fresh = task.model_from_config(config)
-    index = {w: i for i, w in enumerate(vocab.words)}
+    index = vocab.word_ids
     d = config.data
 
     def ids(token_lists, length):

@@ -10,6 +10,7 @@ For each question the RN's objects are the (up to) `max_sentences` statements of
 
 import collections
 import dataclasses
+import functools
 import glob
 import os
 import re
@@ -133,6 +134,16 @@ class Vocabulary:
         words = sorted({w for q in questions for s in q.context + [q.question] for w in s})
         return cls(words=[PAD, UNK] + words, answers=sorted({q.answer for q in questions}))
 
+    @functools.cached_property
+    def word_ids(self):
+        """word -> token id."""
+        return {w: i for i, w in enumerate(self.words)}
+
+    @functools.cached_property
+    def answer_ids(self):
+        """answer -> class id."""
+        return {a: i for i, a in enumerate(self.answers)}
+
     def to_json(self):
         return {"words": self.words, "answers": self.answers}
 
@@ -149,8 +160,7 @@ def encode(questions, vocab, max_sentences, sentence_length, question_length, wa
     all 0 and masked), `question` int32 `[n, question_length]` (left-padded), `answer` int32 `[n]` (-1 for an
     answer outside the vocabulary), `task` int32 `[n]`.
     """
-    index = {w: i for i, w in enumerate(vocab.words)}
-    answer_index = {a: i for i, a in enumerate(vocab.answers)}
+    index, answer_index = vocab.word_ids, vocab.answer_ids
     n = len(questions)
     context = np.zeros((n, max_sentences, sentence_length), np.int32)
     question = np.zeros((n, question_length), np.int32)
@@ -199,8 +209,7 @@ def interchange_words(arrays, rows, groups, vocab, rng):
     qa16): renaming them consistently keeps the answer right (renamed with them) while the story is one the model
     has not seen. `rng` is a numpy Generator. A word outside `vocab` is a `DataError`.
     """
-    index = {w: i for i, w in enumerate(vocab.words)}
-    answer_index = {a: i for i, a in enumerate(vocab.answers)}
+    index, answer_index = vocab.word_ids, vocab.answer_ids
     unknown = [w for group in groups for w in group if w not in index]
     if unknown:
         raise DataError(f"Interchangeable word(s) not in the vocabulary of the training files: {', '.join(unknown)}.")

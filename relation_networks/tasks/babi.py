@@ -52,18 +52,29 @@ class BabiData:
     # afresh every epoch, alike in its story, question and answer (`babi.interchange_words`). Validation and test
     # questions are never changed.
     interchangeable: typing.Dict[str, typing.List[typing.List[str]]] = dataclasses.field(default_factory=dict)
+    # Training only (default: none): per task, how many times each of its training questions appears in an epoch,
+    # e.g. {qa16: 4} for a task that joint training leaves behind. With `interchangeable` every copy is renamed
+    # afresh. Validation and test questions appear once.
+    repeats: typing.Dict[str, int] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        for name, count in self.repeats.items():
+            self._check_task_key(f"data.repeats.{name}", name)
+            if count < 1:
+                raise ConfigError(f"'data.repeats.{name}': must be a whole number >= 1, got {count!r}.")
         for name, groups in self.interchangeable.items():
             key = f"data.interchangeable.{name}"
-            match = re.fullmatch(r"qa(\d+)", name)
-            if not match or int(match.group(1)) not in self.tasks:
-                raise ConfigError(f"'{key}': keys are tasks of data.tasks named qa<N>, got {name!r}.")
+            self._check_task_key(key, name)
             words = [w for group in groups for w in group]
             if not groups or any(len(set(group)) < 2 or len(set(group)) < len(group) for group in groups):
                 raise ConfigError(f"'{key}': every group needs two or more distinct words, got {groups}.")
             if len(set(words)) < len(words):
                 raise ConfigError(f"'{key}': a word may be in one group only, got {groups}.")
+
+    def _check_task_key(self, key, name):
+        match = re.fullmatch(r"qa(\d+)", name)
+        if not match or int(match.group(1)) not in self.tasks:
+            raise ConfigError(f"'{key}': keys are tasks of data.tasks named qa<N>, got {name!r}.")
 
 
 @dataclasses.dataclass
@@ -127,6 +138,14 @@ def build_model(model_config, data_config, vocab):
 def _examples(arrays, rows=slice(None)):
     """`(features, answers)` of the given rows of `Babi.encoded` arrays, features keyed by the model's inputs."""
     return {"context": arrays["context"][rows], "question": arrays["question"][rows]}, arrays["answer"][rows]
+
+
+def repeated_tasks(arrays, repeats):
+    """The rows of `Babi.encoded` arrays with those of task N present `repeats["qaN"]` times (in order, copies last)."""
+    extra = [np.flatnonzero(arrays["task"] == int(name[2:])) for name, count in sorted(repeats.items())
+             for _ in range(count - 1)]
+    rows = np.concatenate([np.arange(len(arrays["task"]))] + extra)
+    return {key: values[rows] for key, values in arrays.items()}
 
 
 def story_lengths(context):
@@ -205,7 +224,12 @@ class Babi(Task):
         self.vocabulary(config)
 
     def num_examples(self, config, split):
-        return len(self.encoded(config, split)["answer"])
+        """The questions of `split`; for "train", an epoch's (with `data.repeats`)."""
+        tasks = self.encoded(config, split)["task"]
+        if split != "train":
+            return len(tasks)
+        return len(tasks) + sum((count - 1) * int(np.sum(tasks == int(name[2:])))
+                                for name, count in config.data.repeats.items())
 
     def dataset(self, config, split, *, training=False, shuffle=None, seed=0, input_context=None):
         arrays = self.encoded(config, split)
@@ -219,8 +243,11 @@ class Babi(Task):
 
     def training_dataset(self, config, *, seed=0, input_context=None):
         """The training questions with an answer in the vocabulary, shuffled with `seed` (one per epoch): in batches
-        of similar story length with `data.length_window`, and renamed with `data.interchangeable`."""
+        of similar story length with `data.length_window`, repeated with `data.repeats` and renamed with
+        `data.interchangeable`."""
         arrays = self.encoded(config, "train")
+        if config.data.repeats:
+            arrays = repeated_tasks(arrays, config.data.repeats)
         if config.data.interchangeable:
             arrays = self._interchanged(config, arrays, np.random.default_rng([seed, 1]))
         order = np.flatnonzero(arrays["answer"] >= 0)  # answers outside the vocabulary cannot be trained on
