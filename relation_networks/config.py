@@ -200,7 +200,10 @@ def _from_dict(cls, raw, prefix, where):
             _check_bounds(values[name], f.metadata, key, where)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}: required key '{key}' is missing.")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as e:  # a section's own checks of its values together (`__post_init__`)
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def parse_override(text):

@@ -497,7 +497,7 @@ def test_repeated_task_questions_appear_that_often_per_epoch_in_training_only(ba
     assert len(set(contexts)) > len(plain["task"])
     for repeats, message in (("{qa2: 2}", "keys are tasks of data.tasks"), ("{qa1: 0}", "whole number >= 1"),
                              ("{qa1: 1.5}", "must be a int")):
-        with pytest.raises(ConfigError, match=f"'data.repeats.qa.'.*{message}"):
+        with pytest.raises(ConfigError, match=f"^configs/babi.yaml .*'data.repeats.qa.'.*{message}"):
             config_lib.load("configs/babi.yaml", overrides=sets[:3] + [f"data.repeats={repeats}"])
 
 
