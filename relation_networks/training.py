@@ -582,6 +582,8 @@ class Evaluator:
             with self.writer(split).as_default(step=step):
                 for name, value in report.metrics.items():
                     tf.summary.scalar(name, value)
+                for name, group in report.groups.items():  # the paper's breakdown: bAbI task, question kind, ...
+                    tf.summary.scalar(f"accuracy_by_group/{name}", group["accuracy"])
         return report
 
     def close(self):
