@@ -18,6 +18,7 @@ import itertools
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 
@@ -889,7 +890,7 @@ def _write_metrics(path, config, history, step, plan, train_seconds, complete, e
         "epochs_completed": int(step // plan.steps_per_epoch),
         "train_seconds": round(float(train_seconds.numpy()), 1),
         "hardware": hardware(),
-        "command": " ".join(sys.argv) if sys.argv and sys.argv[0] else None,
+        "command": shlex.join(sys.argv) if sys.argv and sys.argv[0] else None,
         "history": history,
         "evaluation": evaluation or {},
     }

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 
 import pytest
 
@@ -13,10 +14,12 @@ def trained_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
     run_dir = str(base / "run")
     args = ["--config", "configs/sort_of_clevr.yaml"]
-    for o in tiny_sort_of_clevr_overrides(str(base / "data"), run_dir):
+    for o in tiny_sort_of_clevr_overrides(str(base / "data"), run_dir) + ["train.eval_splits=[val, test]"]:
         args += ["--set", o]
     result = run_tool("train", *args)
     assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(run_dir, "metrics.json")) as f:  # the recorded command, quoted for a shell
+        assert shlex.split(json.load(f)["command"])[1:] == args
     return run_dir, str(base / "data"), result.stdout
 
 

@@ -15,6 +15,7 @@ Prints tables and writes everything to `--out` (JSON) with the hardware descript
 
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -213,7 +214,7 @@ def main(argv):
             _write_section(json.load(f))
         return
 
-    result = {"hardware": hardware(), "batch_size": FLAGS.batch_size, "command": " ".join(sys.argv),
+    result = {"hardware": hardware(), "batch_size": FLAGS.batch_size, "command": shlex.join(sys.argv),
               "config": FLAGS.config, "repeats": FLAGS.repeats, "steps": FLAGS.steps,
               "cpu_affinity": sorted(os.sched_getaffinity(0))}
     if not FLAGS.skip_throughput:
