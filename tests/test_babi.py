@@ -353,6 +353,7 @@ def test_induction_answer_shares_by_independent_computation():
     # right; a story colour but the last stated (wrong); a colour never stated
     shares = induction_answers([question] * 3, ["white", "green", "gray"])
     assert shares == {"right": 1 / 3, "a_colour_of_the_story": 2 / 3, "the_last_colour_stated": 1 / 3,
+                      "rule_last_colour_stated": 0.0,  # the last colour stated is green
                       "uniform_pick_among_them": 1 / 2}  # two distinct colours in the story, the answer among them
 
 

@@ -147,13 +147,16 @@ def word_probes(encodings, sentences, rng, max_positions=12):
 
 def induction_answers(questions, predicted):
     """How the answers `predicted` (strings) to qa16 (basic induction) questions relate to their stories: shares
-    that are right, that name a colour stated in the story, that repeat the last colour stated, and the expected
-    score of a uniform pick among the story's distinct colours."""
-    shares = {"right": [], "a_colour_of_the_story": [], "the_last_colour_stated": [], "uniform_pick_among_them": []}
+    that are right, that name a colour stated in the story, that repeat the last colour stated; and what two rules
+    would score: answering the last colour stated, and (expected) a uniform pick among the story's distinct
+    colours."""
+    shares = {"right": [], "a_colour_of_the_story": [], "the_last_colour_stated": [],
+              "rule_last_colour_stated": [], "uniform_pick_among_them": []}
     for q, answer in zip(questions, predicted):
         colours = [s[-1] for s in q.context if len(s) == 3]  # "<name> is <colour>"; "<name> is a <animal>" has 4
         shares["right"].append(answer == q.answer)
         shares["a_colour_of_the_story"].append(answer in colours)
         shares["the_last_colour_stated"].append(bool(colours) and answer == colours[-1])
+        shares["rule_last_colour_stated"].append(bool(colours) and q.answer == colours[-1])
         shares["uniform_pick_among_them"].append(q.answer in colours and 1 / len(set(colours)))
     return {name: float(np.mean(values)) for name, values in shares.items()}
