@@ -140,12 +140,12 @@ def _examples(arrays, rows=slice(None)):
     return {"context": arrays["context"][rows], "question": arrays["question"][rows]}, arrays["answer"][rows]
 
 
-def repeated_tasks(arrays, repeats):
-    """The rows of `Babi.encoded` arrays with those of task N present `repeats["qaN"]` times (in order, copies last)."""
-    extra = [np.flatnonzero(arrays["task"] == int(name[2:])) for name, count in sorted(repeats.items())
+def repeated_rows(task_ids, repeats):
+    """Row indices into `Babi.encoded` arrays (task ids `task_ids`) with those of task N present `repeats["qaN"]`
+    times: every row in order, then the copies."""
+    extra = [np.flatnonzero(task_ids == int(name[2:])) for name, count in sorted(repeats.items())
              for _ in range(count - 1)]
-    rows = np.concatenate([np.arange(len(arrays["task"]))] + extra)
-    return {key: values[rows] for key, values in arrays.items()}
+    return np.concatenate([np.arange(len(task_ids))] + extra)
 
 
 def story_lengths(context):
@@ -226,10 +226,7 @@ class Babi(Task):
     def num_examples(self, config, split):
         """The questions of `split`; for "train", an epoch's (with `data.repeats`)."""
         tasks = self.encoded(config, split)["task"]
-        if split != "train":
-            return len(tasks)
-        return len(tasks) + sum((count - 1) * int(np.sum(tasks == int(name[2:])))
-                                for name, count in config.data.repeats.items())
+        return len(repeated_rows(tasks, config.data.repeats)) if split == "train" else len(tasks)
 
     def dataset(self, config, split, *, training=False, shuffle=None, seed=0, input_context=None):
         arrays = self.encoded(config, split)
@@ -247,7 +244,8 @@ class Babi(Task):
         `data.interchangeable`."""
         arrays = self.encoded(config, "train")
         if config.data.repeats:
-            arrays = repeated_tasks(arrays, config.data.repeats)
+            rows = repeated_rows(arrays["task"], config.data.repeats)
+            arrays = {key: values[rows] for key, values in arrays.items()}
         if config.data.interchangeable:
             arrays = self._interchanged(config, arrays, np.random.default_rng([seed, 1]))
         order = np.flatnonzero(arrays["answer"] >= 0)  # answers outside the vocabulary cannot be trained on
