@@ -7,9 +7,30 @@ import shutil
 import tempfile
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_modes(path):
+    """Give `path` (a file, or a directory tree) the permissions a plain `open` / `mkdir` would have under the
+    process's umask: temporary files (`mkstemp`, 0600) and directories (`mkdtemp`, 0700) are private, so an output
+    renamed into place from them would be unreadable to other accounts (a TF Serving server's, say)."""
+    mask = _umask()
+    if os.path.isdir(path):
+        for directory, _, files in os.walk(path):
+            os.chmod(directory, 0o777 & ~mask)
+            for name in files:
+                os.chmod(os.path.join(directory, name), 0o666 & ~mask)
+    elif os.path.exists(path):
+        os.chmod(path, 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path next to `path`; on success it is renamed to `path`, on error removed."""
+    """Yield a temporary path next to `path`; on success it is renamed to `path` (with the permissions a plain
+    `open` would give it under the umask), on error removed."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     # Keep the extension: some writers (keras.Model.save) insist on it.
@@ -17,6 +38,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
+        publish_modes(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -54,11 +76,13 @@ def work_directory(parent, label):
 
 @contextlib.contextmanager
 def atomic_directory(path):
-    """Yield a temporary directory next to `path`; on success it becomes `path` (which must not exist)."""
+    """Yield a temporary directory next to `path`; on success it becomes `path` (which must not exist), its files
+    and folders with the permissions of the umask (`publish_modes`)."""
     parent = os.path.dirname(os.path.abspath(path))
     tmp = work_directory(parent, os.path.basename(path))
     try:
         yield tmp
+        publish_modes(tmp)
         os.rename(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

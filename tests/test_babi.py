@@ -507,7 +507,7 @@ def test_a_run_started_from_a_model_keeps_its_vocabulary_on_fewer_tasks(babi_run
     files), so that its word embeddings and answer logits fit; saved in the new run."""
     from relation_networks import config as config_lib
     from relation_networks import tasks
-    from relation_networks.training import initialize_from
+    from relation_networks.checkpointing import initialize_from
 
     source = babi_run[0]
     run_dir = tmp_path / "finetune"

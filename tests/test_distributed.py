@@ -154,7 +154,7 @@ def test_checkpoint_holds_every_model_variable(tmp_path):
     import relation_networks  # noqa: F401
     from relation_networks import config as config_lib
     from relation_networks import tasks
-    from relation_networks.training import make_checkpoint
+    from relation_networks.checkpointing import make_checkpoint
 
     data, run_dir = str(tmp_path / "data"), tmp_path / "run"
     args = _args(data, str(run_dir), "train.eval_splits=[]", "train.epochs=1")

@@ -45,7 +45,7 @@ def test_layout_and_signature_names(exported):
         signature = json.load(f)
     assert signature["inputs"] == {"image": {"shape": [None, 75, 75, 3], "dtype": "uint8"},
                                    "question": {"shape": [None, 11], "dtype": "float32"}}
-    assert signature["outputs"] == ["answer_id", "logits", "probabilities"]
+    assert signature["outputs"] == ["answer", "answer_id", "logits", "probabilities"]
     assert all(c["ok"] for c in signature["parity"]["checks"])
     with open(doc) as f:
         text = f.read()
@@ -65,7 +65,7 @@ def test_saved_model_runs_without_project_code(exported):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "['answer_id', 'logits', 'probabilities'] (1, 12)" in result.stdout
+    assert "['answer', 'answer_id', 'logits', 'probabilities'] (1, 12)" in result.stdout
 
 
 def test_saved_model_cli_lists_the_signature(exported):
@@ -108,7 +108,7 @@ def test_predict_tool_matches_keras(exported, sort_of_clevr_run, model_file, tmp
         ({"instances": [{"image": [[0] * 3] * 75, "question": [0] * 11}]}, "'image': each example must have shape (75, 75, 3)"),
         ({"instances": [{"question": [0] * 11}]}, "missing ['image']"),
         ({"instances": [{"image": np.zeros((75, 75, 3)).tolist(), "question": ["a"] * 11}]}, "'question': expected numbers"),
-        ({"instances": [{"image": np.full((75, 75, 3), 300).tolist(), "question": [0] * 11}]}, "values must lie in [0, 255]"),
+        ({"instances": [{"image": np.full((75, 75, 3), 300).tolist(), "question": [0] * 11}]}, "outside [0, 255]"),
         ({"instances": [{"image": np.full((75, 75, 3), 0.5).tolist(), "question": [0] * 11}]}, "fractional"),
         ({"rows": []}, '"instances"'),
     ],
@@ -162,8 +162,9 @@ def test_a_quantised_model_that_changes_answers_is_left_out_and_the_float_export
     path = export.export(run_dir, str(tmp_path / "out"), version=1, parity_examples=8,
                          quantized_min_agreement=1.01, log=lines.append)  # no quantised model can agree that well
     assert not os.path.exists(os.path.join(path, "model_quant.tflite"))
-    for name in ("saved_model.pb", "model.tflite", "config.yaml", "signature.json", "MODEL_CARD.md"):
+    for name in ("saved_model.pb", "model.tflite", "config.yaml", "signature.json"):
         assert os.path.exists(os.path.join(path, name)), name
+    assert not os.path.exists(os.path.join(path, "MODEL_CARD.md"))  # the library writes no card unless asked
     assert any("model_quant.tflite left out" in line for line in lines)
     with open(os.path.join(path, "signature.json")) as f:
         signature = json.load(f)
@@ -195,7 +196,7 @@ def test_init_from_an_exported_model_or_a_run_sets_every_weight_and_a_mismatch_i
     import keras
 
     from relation_networks import config as config_lib
-    from relation_networks import tasks, training
+    from relation_networks import checkpointing, tasks
     from relation_networks.errors import UserError
 
     path, _ = exported
@@ -206,14 +207,14 @@ def test_init_from_an_exported_model_or_a_run_sets_every_weight_and_a_mismatch_i
     for source in (path, run_dir):  # an exported SavedModel, a run directory (its model.keras)
         keras.utils.set_random_seed(1)
         model = task.model_from_config(config)
-        assert training.initialize_from(model, source) == len(model.variables)
+        assert checkpointing.initialize_from(model, source) == len(model.variables)
         for mine, theirs in zip(model.variables, trained.variables):
             np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.path)
     config.model.g_units = [12, 8]  # another model: nothing is set, one error names the variable
     other = task.model_from_config(config)
     before = [v.numpy().copy() for v in other.variables]
     with pytest.raises(UserError, match=r"does not hold this model's variables \(shape relation_module/g_theta_0"):
-        training.initialize_from(other, path)
+        checkpointing.initialize_from(other, path)
     assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, other.variables))
     with pytest.raises(UserError, match="neither an exported model directory"):
-        training.initialize_from(other, os.path.dirname(path) + "/nothing-here")
+        checkpointing.initialize_from(other, os.path.dirname(path) + "/nothing-here")

@@ -80,7 +80,7 @@ def test_training_with_auto_uses_this_machines_precision(tmp_path):
 
 
 def test_results_name_the_bfloat16_hardware_and_the_measured_speed():
-    from relation_networks.training import bfloat16_text
+    from relation_networks.machine import bfloat16_text
 
     assert bfloat16_text({"bfloat16_native": False, "bfloat16_cpu_flags": []}) == "bfloat16 in hardware: no"
     assert bfloat16_text({"bfloat16_native": True, "bfloat16_cpu_flags": ["amx_bf16"]}) == (

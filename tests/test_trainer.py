@@ -12,8 +12,13 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, tiny_sort_of_clevr_overrides
+from relation_networks import serving
+from relation_networks import schedules
+from relation_networks import run_records
+from relation_networks import checkpointing
+from relation_networks import batch_norm
 from relation_networks import config as config_lib
-from relation_networks import inference, tasks, training
+from relation_networks import tasks, training
 from relation_networks.errors import UserError
 from relation_networks.tasks import base
 
@@ -42,13 +47,13 @@ def _scripted_validation(monkeypatch, values):
 
 
 def _load_model(config):
-    return inference.load_keras_predictor(config.run_dir)[1]
+    return serving.load_keras_predictor(config.run_dir)[1]
 
 
 def _checkpoint_weights(config, step):
     model = _load_model(config)
     path = os.path.join(config.run_dir, "checkpoints", f"ckpt-{step}")
-    training.make_checkpoint(model).read(path).assert_existing_objects_matched()
+    checkpointing.make_checkpoint(model).read(path).assert_existing_objects_matched()
     return [v.numpy() for v in model.variables]
 
 
@@ -70,7 +75,7 @@ def test_final_model_is_the_best_epoch_and_survives_a_resume(tmp_path, monkeypat
     assert _same(_final_weights(config), best_weights)
     assert not _same(best_weights, _checkpoint_weights(config, 3 * STEPS_PER_EPOCH))  # the epochs differ
     # The test evaluation in metrics.json is of the best model.
-    _, _, predict = inference.load_keras_predictor(config.run_dir)
+    _, _, predict = serving.load_keras_predictor(config.run_dir)
     report = training._evaluate(training.tasks.get("sort_of_clevr"), predict, config, "test")
     assert report.metrics["accuracy"] == pytest.approx(metrics["evaluation"]["test"]["metrics"]["accuracy"])
 
@@ -89,7 +94,7 @@ def test_best_json_and_the_checkpoint_it_names_stay_a_pair(tmp_path, monkeypatch
     training.train(config, log=lambda *a: None)
     # A kill after a newer best checkpoint was written but before best.json named it:
     model = _load_model(config)
-    keeper = training.BestModel("accuracy", model, os.path.join(config.run_dir, training.BEST_DIR))
+    keeper = checkpointing.BestModel("accuracy", model, os.path.join(config.run_dir, checkpointing.BEST_DIR))
     for variable in model.trainable_variables:
         variable.assign(np.zeros(variable.shape, variable.dtype))
     keeper.manager.save(checkpoint_number=999)
@@ -115,7 +120,7 @@ def test_unknown_metric_is_one_clear_error_that_keeps_the_checkpoint(tmp_path):
     with pytest.raises(UserError, match=r"keep_best='acuracy' is not a validation metric.*accuracy"):
         training.train(config, log=lambda *a: None)
     assert tf.train.latest_checkpoint(os.path.join(config.run_dir, "checkpoints")).endswith(f"-{STEPS_PER_EPOCH}")
-    assert not os.path.exists(os.path.join(config.run_dir, training.BEST_DIR, training.BEST_FILE))
+    assert not os.path.exists(os.path.join(config.run_dir, checkpointing.BEST_DIR, checkpointing.BEST_FILE))
     # Resuming the same run with the mistake still in it fails before any training.
     with pytest.raises(UserError, match="not a validation metric"):
         training.train(config, log=lambda *a: None)
@@ -130,9 +135,9 @@ def test_without_keep_best_the_final_model_is_the_last(tmp_path):
     config = _config(tmp_path, "train.epochs=1")
     metrics = training.train(config, log=lambda *a: None)
     assert "best" not in metrics
-    assert not os.path.exists(os.path.join(config.run_dir, training.BEST_DIR))
+    assert not os.path.exists(os.path.join(config.run_dir, checkpointing.BEST_DIR))
     assert _same(_final_weights(config), _checkpoint_weights(config, STEPS_PER_EPOCH))
-    with open(os.path.join(config.run_dir, training.METRICS_FILE)) as f:
+    with open(os.path.join(config.run_dir, run_records.METRICS_FILE)) as f:
         assert "best" not in json.load(f)
 
 
@@ -171,13 +176,13 @@ def test_the_cosine_decay_can_hold_the_rate_first_and_end_at_a_chosen_step():
     `lr_schedule_steps` sets where the schedule ends (a time-limited run's last step), not epochs x steps."""
     train = config_lib.TrainConfig(learning_rate=1e-3, lr_schedule="cosine", warmup_steps=10, lr_decay_fraction=0.25,
                                    lr_schedule_steps=410, lr_min_fraction=0.1)
-    schedule = training.make_learning_rate(train, steps_per_epoch=100, total_steps=1000)
+    schedule = schedules.make_learning_rate(train, steps_per_epoch=100, total_steps=1000)
     rate = lambda step: float(schedule(step))
     assert rate(0) == 0.0 and rate(5) == pytest.approx(5e-4)
     assert rate(10) == rate(200) == rate(310) == pytest.approx(1e-3)  # 400 steps after the warm-up: hold 300
     assert rate(360) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half-way through the decay
     assert rate(410) == rate(5000) == pytest.approx(1e-4)  # lr_min_fraction from the end of the schedule on
-    keras_cosine = training.make_learning_rate(
+    keras_cosine = schedules.make_learning_rate(
         config_lib.TrainConfig(learning_rate=1e-3, lr_schedule="cosine", lr_schedule_steps=400), 100, 1000)
     assert float(keras_cosine(200)) == pytest.approx(5e-4)  # the whole-run decay also ends at lr_schedule_steps
 
@@ -202,7 +207,7 @@ def test_a_checkpoint_in_the_old_optimizer_layout_gets_its_own_message(tmp_path)
     model = _load_model(config)
     optimizer = LayerwiseAdam(1e-3)
     optimizer.build(model.trainable_variables)
-    old = tf.train.Checkpoint(model_variables=training._by_name(model.variables, lambda v: v.path, "model"),
+    old = tf.train.Checkpoint(model_variables=checkpointing._by_name(model.variables, lambda v: v.path, "model"),
                               optimizer=optimizer, train_seconds=tf.Variable(1.0, dtype=tf.float64))
     shutil.rmtree(directory)  # as if every checkpoint had been written by the old version
     tf.train.CheckpointManager(old, directory, max_to_keep=20).save(checkpoint_number=10_000)
@@ -222,8 +227,8 @@ def test_batch_norm_recalibration_sets_the_mean_of_the_batch_statistics():
     rng = np.random.default_rng(0)
     batches = [rng.normal(loc=i, size=(8, 3)).astype("float32") for i in range(3)]
     dataset = [({"x": b}, None) for b in batches]
-    count = training.recalibrate_batch_norm(model, lambda f, training: model(f["x"], training=training), dataset)
-    (bn,) = training.batch_norm_layers(model)
+    count = batch_norm.recalibrate_batch_norm(model, lambda f, training: model(f["x"], training=training), dataset)
+    (bn,) = batch_norm.batch_norm_layers(model)
     summed = [b.sum(axis=1, keepdims=True) * np.ones((1, 4)) for b in batches]  # the Dense layer's outputs
     assert count == 3 and bn.momentum == 0.9  # the layer's own momentum is back
     np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([h.mean(axis=0) for h in summed], axis=0), rtol=1e-5)

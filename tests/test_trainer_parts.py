@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, run_tool, tiny_sort_of_clevr_overrides
+from relation_networks import checkpointing
 from relation_networks import config as config_lib
 from relation_networks import training
 
@@ -32,7 +33,7 @@ def _checkpoint_steps(directory):
 def test_checkpoints_save_every_n_steps_and_never_twice_for_one_step(tmp_path):
     variable = tf.Variable(1.0)
     directory = str(tmp_path / "checkpoints")
-    checkpoints = training.Checkpoints(tf.train.Checkpoint(v=variable), directory, directory, keep=5, every=3)
+    checkpoints = checkpointing.Checkpoints(tf.train.Checkpoint(v=variable), directory, directory, keep=5, every=3)
     for step in range(1, 8):
         checkpoints.step_done(step)
     checkpoints.save(6)  # already saved at this step: no second file
@@ -57,7 +58,7 @@ def test_an_unreadable_or_missing_state_file_is_rebuilt_from_the_checkpoint_file
         with open(state_path, "wb") as f:
             f.write(state)
     logged = []
-    checkpoints = training.Checkpoints(tf.train.Checkpoint(v=variable), directory, directory, keep=5, every=10,
+    checkpoints = checkpointing.Checkpoints(tf.train.Checkpoint(v=variable), directory, directory, keep=5, every=10,
                                        log=logged.append)
     assert any("rebuilt it from the checkpoints present (ckpt-10, ckpt-20)" in line for line in logged)
     variable.assign(-1.0)
@@ -73,9 +74,9 @@ def test_a_readable_state_file_is_left_alone(tmp_path):
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(0.0)), directory, max_to_keep=5)
     manager.save(checkpoint_number=4)
     before = open(os.path.join(directory, "checkpoint")).read()
-    assert not training.repair_state_file(directory)
+    assert not checkpointing.repair_state_file(directory)
     assert open(os.path.join(directory, "checkpoint")).read() == before
-    assert not training.repair_state_file(str(tmp_path / "none"))  # no directory: nothing to do
+    assert not checkpointing.repair_state_file(str(tmp_path / "none"))  # no directory: nothing to do
 
 
 def test_time_budget_counts_the_seconds_it_is_given():

@@ -205,7 +205,7 @@ def main(argv):
         scaling_worker(n, chunk)
         return
     from relation_networks.io import atomic_write_json
-    from relation_networks.training import hardware
+    from relation_networks.machine import hardware
 
     if FLAGS.report_only:
         from relation_networks.io import write_markdown_section
@@ -239,7 +239,7 @@ def _write_section(result):
 
     parts = [p for p in ("throughput", "scaling") if p in result]
     title = {"throughput": "Training throughput", "scaling": "Scaling with the number of objects"}
-    from relation_networks.training import bfloat16_text
+    from relation_networks.machine import bfloat16_text
 
     heading = " and ".join(title[p] for p in parts)
     if FLAGS.section:  # another machine's measurements: say which, in the heading
@@ -249,7 +249,7 @@ def _write_section(result):
 
 def markdown(result):
     """The benchmark's tables as Markdown."""
-    from relation_networks.training import hardware_text
+    from relation_networks.machine import hardware_text
 
     hw = result["hardware"]
     lines = [f"Hardware: {hardware_text(hw)} (this process pinned to CPU(s) {result['cpu_affinity']}). "

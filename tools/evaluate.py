@@ -7,12 +7,13 @@
 `--json` writes the report (keys: task, split, examples, metrics, groups, paper, extra).
 """
 
-import _common  # noqa: F401
+import json
+
+import _common
 from absl import app, flags
 
-from relation_networks import inference, tasks
+from relation_networks import serving, tasks
 from relation_networks.errors import UserError
-from relation_networks.io import atomic_write_json
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run", None, "Run directory written by tools/train.py.")
@@ -30,7 +31,7 @@ def main(argv):
     del argv
     if bool(FLAGS.run) == bool(FLAGS.model):
         raise UserError("Pass exactly one of --run DIR or --model PATH.")
-    config, predict = inference.load_predictor(FLAGS.run or FLAGS.model, FLAGS.set)
+    config, predict = serving.load_predictor(FLAGS.run or FLAGS.model, FLAGS.set)
     task = tasks.get(config.task)
     task.prepare(config)
     if FLAGS.symmetries:
@@ -40,7 +41,7 @@ def main(argv):
         report.extra["averaged_over_symmetries"] = len(task.symmetries(config))
     print(report.table())
     if FLAGS.json:
-        atomic_write_json(FLAGS.json, report.to_json())
+        _common.write_output(FLAGS.json, json.dumps(report.to_json(), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,13 @@
     python tools/export.py --run runs/<run> [--version 1] [--out saved_models] [--name NAME] [--noquantized]
 
 Writes `<out>/<task>/<version>/` atomically (nothing is written if a check fails), with a MODEL_CARD.md from
-the run's metrics.json, and regenerates
-docs/SERVING.md when exporting into the repository's saved_models/.
+the run's metrics.json, and regenerates docs/SERVING.md when exporting into the repository's saved_models/.
 """
 
 import os
 
-import _common  # noqa: F401
+import _common
+import _documents
 from absl import app, flags
 
 from relation_networks import export
@@ -35,13 +35,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @_common.main_wrapper
 def main(argv):
     del argv
-    export.export(FLAGS.run, FLAGS.out, FLAGS.version, FLAGS.parity_examples, quantized=FLAGS.quantized,
-                  overrides=FLAGS.set, name=FLAGS.name)
+    _common.check_writable_directory(FLAGS.out, "--out")
     doc = FLAGS.serving_doc
     if doc is None and os.path.abspath(FLAGS.out) == os.path.join(ROOT, "saved_models"):
         doc = os.path.join(ROOT, "docs", "SERVING.md")
     if doc:
-        export.write_serving_doc(FLAGS.out, doc)
+        _common.check_output_file(doc, "--serving_doc")
+
+    def documents(config, task, target, checks):
+        return {export.MODEL_CARD: _documents.model_card(FLAGS.run, config, task, target, checks)}
+
+    export.export(FLAGS.run, FLAGS.out, FLAGS.version, FLAGS.parity_examples, quantized=FLAGS.quantized,
+                  overrides=FLAGS.set, name=FLAGS.name, documents=documents)
+    if doc:
+        _documents.write_serving_doc(FLAGS.out, doc)
 
 
 if __name__ == "__main__":

@@ -34,10 +34,10 @@ def main(argv):
 
     from _probes import distinct, induction_answers, word_probes
 
-    from relation_networks import tasks, training
+    from relation_networks import checkpointing, tasks
     from relation_networks.data import babi
     from relation_networks.errors import UserError
-    from relation_networks.inference import _config_next_to
+    from relation_networks.serving import config_next_to as _config_next_to
 
     config = _config_next_to(FLAGS.model, FLAGS.set)
     if config.task != "babi":
@@ -45,7 +45,7 @@ def main(argv):
     task = tasks.get("babi")
     vocab = task.vocabulary(config)
     model = task.model_from_config(config)
-    training.initialize_from(model, FLAGS.model)
+    checkpointing.initialize_from(model, FLAGS.model)
     keras.utils.set_random_seed(FLAGS.seed)
     fresh = task.model_from_config(config)
     index = vocab.word_ids

@@ -74,9 +74,9 @@ def main(argv):
     if FLAGS.model:
         if not FLAGS.length_rule:
             raise UserError("--model is for --length_rule.")
-        from relation_networks import inference
+        from relation_networks import serving
 
-        config, predict = inference.load_predictor(FLAGS.model, FLAGS.set)
+        config, predict = serving.load_predictor(FLAGS.model, FLAGS.set)
     else:
         config = config_lib.load(FLAGS.config or "configs/nth_farthest.yaml", FLAGS.set)
     if config.task != "nth_farthest":

@@ -70,7 +70,7 @@ def main(argv):
     from relation_networks import tasks
     from relation_networks.data import sort_of_clevr as soc
     from relation_networks.errors import UserError
-    from relation_networks.inference import load_keras_predictor
+    from relation_networks.serving import load_keras_predictor
 
     config, model, _ = load_keras_predictor(FLAGS.run)
     if config.task != "sort_of_clevr":

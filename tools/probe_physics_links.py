@@ -24,12 +24,12 @@ flags.mark_flag_as_required("model")
 @_common.main_wrapper
 def main(argv):
     del argv
-    from relation_networks import inference, tasks
+    from relation_networks import serving, tasks
     from relation_networks.errors import UserError
     from relation_networks.io import atomic_write_json
     from _probes import implied_links, link_metrics
 
-    config, model, _ = inference.load_keras_predictor(FLAGS.model, FLAGS.set)
+    config, model, _ = serving.load_keras_predictor(FLAGS.model, FLAGS.set)
     if config.task != "physics":
         raise UserError(f"{FLAGS.model} is a {config.task} model; this tool reads physics counters.")
     balls, connections, _ = tasks.get("physics").arrays(config, FLAGS.split)

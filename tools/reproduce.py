@@ -35,7 +35,7 @@ from absl import app, flags
 from relation_networks import config as config_lib
 from relation_networks.errors import UserError
 from relation_networks.io import write_markdown_section
-from relation_networks.training import hardware_text
+from relation_networks.machine import hardware_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_KEYS = {"name", "config", "run_dir", "stages", "archive", "launch"}

@@ -163,10 +163,10 @@ def main(argv):
     del argv
     import numpy as np
 
-    from relation_networks import inference, tasks
+    from relation_networks import serving, tasks
     from relation_networks.data import sort_of_clevr as soc
 
-    config, model, _ = inference.load_keras_predictor(FLAGS.model)
+    config, model, _ = serving.load_keras_predictor(FLAGS.model)
     if config.task == "physics":
         task = tasks.get(config.task)
         task.prepare(config)

@@ -1,4 +1,10 @@
-"""Keras 3 layers of the library."""
+"""Keras 3 layers of the library.
+
+Backends: every layer is written with `keras.ops` and runs under Keras's TensorFlow and JAX backends (both tested:
+tests/test_backends.py); the one exception is `RelationModule(pair_chunk_size=...)`, which recomputes blocks of
+pairs with `tf.custom_gradient` and refuses other backends with a clear `ValueError`. The trainer, the tasks'
+data pipelines and the export are TensorFlow (tf.data, tf.distribute, SavedModel, TFLite).
+"""
 
 from relation_networks.layers.conv_objects import ConvObjectExtractor, cell_coordinates
 from relation_networks.layers.relation_module import POOLED_AGGREGATIONS, RelationModule

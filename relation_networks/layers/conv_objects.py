@@ -4,6 +4,9 @@ import keras
 from keras import ops
 
 
+NORM_ORDERS = ("bn_relu", "relu_bn")
+
+
 def cell_coordinates(height, width, low=-1.0, high=1.0):
     """`[height * width, 2]` (row, col) coordinates of the cells of a feature map, in row-major order.
 
@@ -27,7 +30,7 @@ class ConvObjectExtractor(keras.layers.Layer):
     """A conv stack whose output cells become objects for a Relation Network.
 
     Each layer is a `kernel_size` convolution with stride `strides` ("same" padding), batch normalization and
-    ReLU. The final `[d_h, d_w, k]` feature map is flattened to `d_h * d_w` objects, and each object is tagged
+    ReLU, in the order `norm_order` names (the paper does not say which). The final `[d_h, d_w, k]` feature map is flattened to `d_h * d_w` objects, and each object is tagged
     with its (row, col) coordinate in `coordinate_range`, so the RN can reason about positions.
 
     Args:
@@ -49,6 +52,10 @@ class ConvObjectExtractor(keras.layers.Layer):
             on the question lets it pick out the pixels of the colour the question names, which a CNN+RN
             otherwise has to discover through the relation module (docs/sort_of_clevr.md). The CNN then
             depends on the question, so it runs once per question rather than once per image.
+        norm_order: `"bn_relu"` (default): conv (no bias) -> batch norm -> ReLU, the usual order;
+            `"relu_bn"`: conv (with bias) -> ReLU -> batch norm, the order of the public PyTorch reproduction
+            (kimhc6028/relational-networks), whose objects are then zero-mean, unit-variance features rather than
+            non-negative ones. FiLM modulation follows the batch norm in either order.
         input_coordinates: append two channels to the images before the first conv, each pixel's (row, col) in
             `coordinate_range` ("CoordConv", Liu et al. 2018). The cell tags give an object's position only to the
             nearest cell (15 px on Sort-of-CLEVR's 5 x 5 grid); with the pixel coordinates as inputs the conv
@@ -76,6 +83,7 @@ class ConvObjectExtractor(keras.layers.Layer):
         output_mode="objects",
         film_layers=(),
         input_coordinates=False,
+        norm_order="bn_relu",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -108,6 +116,11 @@ class ConvObjectExtractor(keras.layers.Layer):
             )
         self.film_layers = sorted(set(film_layers))
         self.input_coordinates = bool(input_coordinates)
+        if norm_order not in NORM_ORDERS:
+            raise ValueError(
+                f"Invalid value for argument norm_order. Expected one of {set(NORM_ORDERS)}, got {norm_order!r}."
+            )
+        self.norm_order = norm_order
         self.film = {  # string keys: TensorFlow's SavedModel cannot track a dict with int keys
             str(k): keras.layers.Dense(2 * self.filters[k], kernel_initializer="zeros", name=f"film_{k}", dtype=self.dtype_policy)
             for k in self.film_layers
@@ -115,7 +128,8 @@ class ConvObjectExtractor(keras.layers.Layer):
         self.blocks = []
         for k, f in enumerate(self.filters):
             conv = keras.layers.Conv2D(
-                f, self.kernel_size, strides=self.strides, padding="same", use_bias=False, name=f"conv_{k}",
+                f, self.kernel_size, strides=self.strides, padding="same", use_bias=norm_order == "relu_bn",
+                name=f"conv_{k}",
                 dtype=self.dtype_policy,
             )
             bn = keras.layers.BatchNormalization(
@@ -151,11 +165,15 @@ class ConvObjectExtractor(keras.layers.Layer):
             raise ValueError(f"ConvObjectExtractor with film_layers={self.film_layers} needs a condition.")
         x = self._with_coordinate_planes(images) if self.input_coordinates else images
         for k, (conv, bn) in enumerate(self.blocks):
-            x = bn(conv(x), training=training)
+            x = conv(x)
+            if self.norm_order == "relu_bn":
+                x = ops.relu(x)
+            x = bn(x, training=training)
             if str(k) in self.film:
                 gamma, beta = ops.split(ops.cast(self.film[str(k)](condition), x.dtype)[:, None, None, :], 2, axis=-1)
                 x = x * (1.0 + gamma) + beta
-            x = ops.relu(x)
+            if self.norm_order == "bn_relu":
+                x = ops.relu(x)
         return x
 
     def _with_coordinate_planes(self, images):
@@ -198,5 +216,6 @@ class ConvObjectExtractor(keras.layers.Layer):
             output_mode=self.output_mode,
             film_layers=list(self.film_layers),
             input_coordinates=self.input_coordinates,
+            norm_order=self.norm_order,
         )
         return config

@@ -58,7 +58,9 @@ class RelationModule(keras.layers.Layer):
         factorized: compute the first layer of `g_theta` per object (default) or on explicit concatenations.
         pair_chunk_size: if set, process the pair grid in blocks of this many rows `i` and recompute each block
             in the backward pass (rematerialisation). Peak memory then grows with `chunk * N` instead of `N^2`,
-            for large object counts. Requires a static number of objects.
+            for large object counts. Requires a static number of objects and the TensorFlow backend (the
+            blocks are recomputed with `tf.custom_gradient`); under another Keras backend it is refused with a
+            `ValueError`. Every other option runs on any backend.
         precise_first_layer: under a mixed precision policy, compute the first layer of `g_theta` (objects,
             kernel, the pair sums `W_i o_i + W_j o_j` and the activation) in the variable dtype (float32) and only
             then cast to the compute dtype. For objects whose *differences* carry the signal, e.g. coordinates of
@@ -113,6 +115,12 @@ class RelationModule(keras.layers.Layer):
             raise ValueError(
                 f"Invalid value for argument pair_chunk_size: expected None or a positive integer, "
                 f"got {pair_chunk_size!r}."
+            )
+        if pair_chunk_size is not None and keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                f"pair_chunk_size={pair_chunk_size!r} needs the TensorFlow backend (the pair blocks are recomputed "
+                f"with tf.custom_gradient), but Keras runs on {keras.backend.backend()!r}: leave pair_chunk_size "
+                "unset, or set KERAS_BACKEND=tensorflow."
             )
         self.dropout = float(dropout)
         self.activation = keras.activations.get(activation)

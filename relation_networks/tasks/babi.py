@@ -279,6 +279,10 @@ class Babi(Task):
     def answer_names(self, config):
         return list(self.vocabulary(config).answers)
 
+    def input_bounds(self, config):
+        last = len(self.vocabulary(config).words) - 1  # token ids: 0 = padding, then one per word
+        return {"context": (0, last), "question": (0, last)}
+
     def write_serving_assets(self, config, directory):
         vocab = self.vocabulary(config)
         atomic_write_json(os.path.join(directory, VOCAB_FILE), vocab.to_json())

@@ -124,6 +124,11 @@ class Task:
         """Names of the answer classes (for predictions in words), or None."""
         return None
 
+    def input_bounds(self, config):
+        """Valid ranges of integer inputs beyond their dtype's, `{input name: (low, high)}` inclusive, e.g. token ids
+        within the vocabulary; a request outside them is refused (`relation_networks.serving.parse_request`)."""
+        return {}
+
     def write_serving_assets(self, config, directory):
         """Write files a client needs next to an exported model (e.g. a vocabulary)."""
 

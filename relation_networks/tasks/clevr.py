@@ -199,6 +199,9 @@ class Clevr(Task):
     def answer_names(self, config):
         return list(self.vocabulary(config)["answers"])
 
+    def input_bounds(self, config):
+        return {"question": (0, len(self.vocabulary(config)["words"]) - 1)}  # token ids: 0 = padding
+
     def write_serving_assets(self, config, directory):
         vocab = self.vocabulary(config)
         atomic_write_json(os.path.join(directory, VOCAB_FILE), vocab)

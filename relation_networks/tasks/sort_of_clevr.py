@@ -15,6 +15,7 @@ from relation_networks.data import sort_of_clevr as soc
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy, mean_of_groups
 from relation_networks.layers import POOLED_AGGREGATIONS, ConvObjectExtractor, RelationModule
+from relation_networks.layers.conv_objects import NORM_ORDERS
 from relation_networks.tasks.base import Task
 
 SPLITS = ("train", "val", "test")
@@ -56,6 +57,9 @@ class SortOfClevrModel:
     # ConvObjectExtractor(input_coordinates=...): each pixel's (row, col) as two more input channels, so the conv
     # features can say where in its 15-pixel cell an object is (closest/furthest between near-equal distances).
     input_coordinates: bool = False
+    # ConvObjectExtractor(norm_order=...): "bn_relu" (conv -> BN -> ReLU) or "relu_bn" (conv with bias -> ReLU ->
+    # BN, as kimhc6028/relational-networks); the paper names both parts but not their order.
+    norm_order: str = choice("bn_relu", NORM_ORDERS)
 
 
 def relation_module(model_config):
@@ -82,6 +86,7 @@ def _layers(model_config):
             output_mode="objects" if model_config.type == "rn" else "feature_map",
             film_layers=model_config.film_layers,
             input_coordinates=model_config.input_coordinates,
+            norm_order=model_config.norm_order,
             name="cnn",
         ),
         "logits": keras.layers.Activation("linear", dtype="float32", name="logits"),
