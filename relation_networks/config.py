@@ -37,6 +37,14 @@ def bounded(default, low=None, high=None, *, above=None, below=None, nonempty=Fa
     return dataclasses.field(default=default, metadata=metadata)
 
 
+MAX_SEED = 2**31 - 1  # seeds reach NumPy, TensorFlow and Python generators; every one accepts this range
+
+
+def seed_field(default):
+    """A random seed: a whole number in [0, MAX_SEED]."""
+    return bounded(default, low=0, high=MAX_SEED)
+
+
 def positive(default, **kwargs):
     """`bounded(default, above=0)`: a size, a count of steps, a rate."""
     return bounded(default, above=0, **kwargs)
@@ -256,7 +264,7 @@ def _fix_yaml_floats(node):
 
 def _seed(value, where):
     seed = _convert(value, int, "seed", where)
-    _check_bounds(seed, {"low": 0}, "seed", where)
+    _check_bounds(seed, {"low": 0, "high": MAX_SEED}, "seed", where)
     return seed
 
 
@@ -277,6 +285,10 @@ def from_dict(raw, where="<config>"):
             f"{', '.join(f.name for f in dataclasses.fields(ExperimentConfig))}."
         )
     train = _from_dict(TrainConfig, raw.get("train"), "train", where)
+    unknown_splits = [s for s in train.eval_splits if s not in task.splits]
+    if unknown_splits:
+        raise ConfigError(f"{where}: 'train.eval_splits' names {unknown_splits}, which task {raw['task']!r} does not "
+                          f"have; its splits are {list(task.splits)}.")
     if train.keep_best is not None and "val" not in train.eval_splits:
         raise ConfigError(
             f"{where}: 'train.keep_best' ({train.keep_best!r}) needs the validation split: add 'val' to "

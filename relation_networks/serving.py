@@ -17,6 +17,7 @@ infinite values, integers outside an input's valid range (a token id outside the
 """
 
 import os
+import zipfile
 
 import numpy as np
 
@@ -124,14 +125,16 @@ def load_keras_predictor(path, overrides=()):
             f"No trained model at {model_path}. Train first (tools/train.py), or pass a run directory that finished."
         )
     config = config_next_to(model_path, overrides)
+    fix = ("re-run the training that wrote it (it resumes from the run's checkpoints and saves the model again), or "
+           "use another copy.")
+    if not zipfile.is_zipfile(model_path):  # Keras would report a truncated archive as "File not found"
+        raise UserError(f"{model_path} is not a readable Keras model: not a complete .keras (zip) archive, it is "
+                        f"truncated or corrupt; {fix}")
     try:
         model = keras.models.load_model(model_path)
-    except Exception as e:  # a truncated or foreign file: zipfile, h5py and Keras raise many types
-        raise UserError(
-            f"{model_path} is not a readable Keras model ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}). "
-            "It may be truncated or corrupt: re-run the training (it resumes from the run's checkpoints) or export "
-            "the run again."
-        ) from None
+    except Exception as e:  # a damaged or foreign archive: zipfile, h5py and Keras raise many types
+        raise UserError(f"{model_path} is not a readable Keras model ({type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0][:200]}); {fix}") from None
     predict = tf.function(lambda features: model(features, training=False), reduce_retracing=True)
     return config, model, (lambda features: predict(features).numpy())
 

@@ -58,7 +58,11 @@ def test_twenty_sentence_window(tmp_path):
         ("x Mary went home.\n", r":1: expected '<number> <sentence>'"),
         ("1 Mary went home.\n3 John left.\n", r":2: line number 3 does not follow 1"),
         ("1 Mary went home.\n2 Where is Mary?\t\t1\n", r":2: a question line needs"),
-        ("1 Mary went home.\n2 Where is Mary?\thome\tone\n", r":2: supporting facts must be line numbers"),
+        ("1 Mary went home.\n2 Where is Mary?\thome\tone\n", r":2: supporting facts must be the numbers of earlier"),
+        ("1 Mary went home.\n2 Where is Mary?\thome\t2\n", r":2: supporting facts must be the numbers of earlier"),
+        # cut in the middle of a line: the fragment would have become an answer class of its own
+        ("1 Mary went home.\n2 Where is Mary?\tho", r":2: a question line needs .* is the file cut short"),
+        ("1 Mary went home.\n2 Where is Mary?\thome\n", r":2: a question line needs"),
         ("1 Mary went home.\n2 Where is Mary?    home    1\n", r":2: a question without a tab-separated answer"),
         ("1 Mary went home.\n2 John left.\n", r"no question lines"),
     ],
@@ -81,6 +85,13 @@ def test_vocabulary_unknown_words_and_lengths(tmp_path):
     assert arrays["answer"][0] == -1 and (arrays["question"][0] == 1).sum() == 1  # "bill" -> UNK
     with pytest.raises(DataError, match="more than the model's maximum of 2"):
         babi.encode(test, vocab, 20, 8, 2)
+
+
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path):
+    path = tmp_path / "qa1_x_train.txt"
+    path.write_bytes("1 Mary went home.\n2 Where is Mary?\thome\t1\n".encode() + b"3 Jos\xe9 left.\n")
+    with pytest.raises(DataError, match=r"qa1_x_train.txt:3: not UTF-8 text \(byte b'\\xe9' at column 6\)"):
+        babi.parse_file(str(path))
 
 
 def test_holdout_is_ten_percent_per_task_and_deterministic(tmp_path):

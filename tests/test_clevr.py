@@ -165,3 +165,32 @@ def test_tfds_source_is_converted_like_the_official_layout(tmp_path, monkeypatch
         lambda r: clevr.parse_example(r, 128, 48))))
     assert list(record["categories"].numpy()) == [-1, -1]
     assert record["object_mask"].numpy().sum() == 2 and record["objects"].numpy()[0, 3 + 1] == 1.0  # red
+
+
+def test_preprocessed_shards_are_rebuilt_when_what_they_were_built_from_changes(tmp_path):
+    """The cache is keyed on its inputs: a changed question file or question_length rebuilds it (it was reused
+    with a vocabulary whose word ids no longer matched, or ended in a traceback)."""
+    source = make_clevr(str(tmp_path / "CLEVR_v1.0"))
+    task = tasks.get("clevr")
+    logs = []
+    config = _config(source, tmp_path)
+    first = task.ensure_split(config, "val", log=logs.append)
+    assert task.ensure_split(config, "val", log=logs.append) == first  # unchanged: reused
+    assert sum("Preprocessing" in line for line in logs) == 1
+
+    shorter = _config(source, tmp_path, "data.question_length=40")
+    meta = task.ensure_split(shorter, "val", log=logs.append)
+    assert meta["question_length"] == 40 and any("question_length changed" in line for line in logs)
+    features, _ = next(task._examples(shorter, "val").batch(2).as_numpy_iterator())
+    assert features["question"].shape == (2, 40)
+
+    path = clevr.questions_path(source, "val")
+    with open(path) as f:
+        questions = json.load(f)
+    questions["questions"][0]["question"] = "How many cubes are there ?"
+    with open(path, "w") as f:
+        json.dump(questions, f)
+    os.utime(path, ns=(1, 1))  # another modification time, whatever the clock's resolution
+    logs.clear()
+    task.ensure_split(shorter, "val", log=logs.append)
+    assert any("files changed" in line for line in logs)

@@ -105,11 +105,38 @@ def test_save_round_trip(tmp_path):
         ("model.dropout=1.0", r"'model.dropout' must be less than 1.0"),
         ("data.train_images=0", r"'data.train_images' must be greater than 0"),
         ("seed=-1", r"'seed' must be at least 0"),
+        ("seed=4294967296", r"'seed' must be at most 2147483647"),
+        ("data.seed=-3", r"'data.seed' must be at least 0"),
+        ("data.test_seed=0", r"'data.test_seed' must differ from 'data.seed' \(both 0\)"),
+        ("data.min_distance_gap=30", r"'data.min_distance_gap' must be at most 6.0"),
+        ("data.group_questions=3", r"'data.group_questions' must divide the 20 questions"),
+        ("train.eval_splits=[val, tset]", r"'train.eval_splits' names \['tset'\], which task 'sort_of_clevr' does not"),
     ],
 )
 def test_out_of_range_values_are_refused_when_the_config_loads(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         config_lib.load(_write(tmp_path, "task: sort_of_clevr\n"), [override])
+
+
+@pytest.mark.parametrize("text, override, message", [
+    ("task: nth_farthest\n", "data.test_seed=1000001", r"'data.val_seed' and 'data.test_seed' must differ"),
+    ("task: babi\n", "data.split_seed=-1", r"'data.split_seed' must be at least 0"),
+    ("task: physics\n", "data.seed=-1", r"'data.seed' must be at least 0"),
+])
+def test_seeds_of_every_task_are_checked_when_the_config_loads(tmp_path, text, override, message):
+    with pytest.raises(ConfigError, match=message):
+        config_lib.load(_write(tmp_path, text), [override])
+
+
+def test_an_unsatisfiable_distance_gap_fails_fast_instead_of_looping():
+    import time
+
+    from relation_networks.data import sort_of_clevr as soc
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="min_distance_gap=40 px: lower it"):
+        soc.generate(1, seed=0, min_distance_gap=40)
+    assert time.perf_counter() - start < 120
 
 
 def test_unset_optional_bounded_values_pass(tmp_path):

@@ -127,3 +127,27 @@ def test_prepare_is_atomic_and_reused(tmp_path):
     assert (tmp_path / path.split("/")[-1] / "manifest.json").stat().st_mtime == mtime
     with pytest.raises(ValueError, match="test_seed"):
         soc.prepare(str(tmp_path), 5, 6, 2, 5, 3)
+
+
+def test_generation_reports_progress(tmp_path):
+    lines = []
+    soc.prepare(str(tmp_path), 0, 1500, 10, 9, 5, log=lines.append)
+    assert any("train + val: 1,000 of 1,510 images" in line for line in lines)
+    assert any("test: 5 of 5 images" in line for line in lines)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("train.tfrecord", "train.tfrecord does not match the checksum its manifest recorded"),
+    ("manifest.json", "manifest.json is damaged"),
+])
+def test_damaged_generated_files_are_found_and_the_fix_is_named(tmp_path, damage, message):
+    from relation_networks.errors import DataError
+
+    path = soc.prepare(str(tmp_path), 0, 6, 2, 9, 3, log=lambda *_: None)
+    target = tmp_path / path.split("/")[-1] / damage
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=message) as info:
+        soc.prepare(str(tmp_path), 0, 6, 2, 9, 3, log=lambda *_: None)
+    assert "Delete the directory" in str(info.value) and "run the same command again" in str(info.value)

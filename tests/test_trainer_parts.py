@@ -164,5 +164,6 @@ def test_validation_every_n_steps_and_the_final_evaluation_reach_tensorboard(tmp
 
     assert scalars("val")["accuracy"] == [10, 20, steps_per_epoch, steps_per_epoch]  # + the final evaluation
     assert scalars("test")["accuracy"] == [steps_per_epoch]
+    assert scalars("val")["loss"] == scalars("val")["accuracy"]  # the validation loss beside the accuracy
     by_group = [tag for tag in scalars("val") if tag.startswith("accuracy_by_group/")]
     assert by_group and all(scalars("val")[tag] == scalars("val")["accuracy"] for tag in by_group)

@@ -160,7 +160,13 @@ def main_wrapper(main):
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-        except Exception as e:  # noqa: BLE001  only operating-system faults are turned into a message
+        except Exception as e:  # noqa: BLE001  only operating-system faults and damaged data become a message
+            if type(e).__name__ == "DataLossError":  # TensorFlow read a damaged record (TFRecord, checkpoint)
+                first = str(e).strip().splitlines()[0] if str(e).strip() else "corrupted record"
+                print(f"error: a data file is damaged ({first}). Delete the damaged file or its data directory and "
+                      "run the same command again: generated data is made again, identically, from its seeds; "
+                      "preprocessed data is rebuilt from its sources.", file=sys.stderr)
+                sys.exit(2)
             fault = _system_fault(e)
             if fault is None:
                 raise

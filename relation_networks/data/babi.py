@@ -48,9 +48,13 @@ def parse_file(path, task=None, max_context=None):
             raise DataError(f"{path}: cannot tell the task number from the file name (expected qa<N>_<name>_<split>.txt).")
         task = int(match.group(1))
     questions, story, previous_id = [], [], 0
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
-            line = raw.rstrip("\n")
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{number}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r} at column "
+                                f"{e.start + 1}); bAbI files are plain text: download the file again.") from None
             if not line.strip():
                 continue
             where = f"{path}:{number}"
@@ -65,11 +69,14 @@ def parse_file(path, task=None, max_context=None):
             previous_id = line_id
             if "\t" in rest:
                 parts = rest.split("\t")
-                if len(parts) < 2 or not parts[1].strip():
-                    raise DataError(f"{where}: a question line needs '<question>\\t<answer>\\t<supporting facts>'.")
-                supporting = parts[2].split() if len(parts) > 2 else []
-                if not all(s.isdigit() for s in supporting):
-                    raise DataError(f"{where}: supporting facts must be line numbers, got {parts[2]!r}.")
+                if len(parts) < 3 or not parts[1].strip() or not parts[2].strip():
+                    cut = "" if raw.endswith(b"\n") else " (the file's last line: is the file cut short? download it again)"
+                    raise DataError(f"{where}: a question line needs '<question>\\t<answer>\\t<supporting fact ids>', "
+                                    f"got {line[:80]!r}{cut}.")
+                supporting = parts[2].split()
+                if not all(s.isdigit() and int(s) < line_id for s in supporting):
+                    raise DataError(f"{where}: supporting facts must be the numbers of earlier lines of the story, got "
+                                    f"{parts[2]!r}.")
                 questions.append(Question(
                     task=task, context=[s for _, s in story[-max_context if max_context else 0:]], question=tokenize(parts[0]), answer=parts[1].strip(),
                     supporting=[int(s) for s in supporting], source=where,

@@ -222,8 +222,9 @@ def vocabulary_from_records(records):
 
 
 def preprocess(directory, split, out_dir, vocab, image_size=128, question_length=48, shards=8, log=print,
-               source="official"):
-    """Write the split's TFRecord shards into `out_dir` (atomically); return `out_dir`.
+               source="official", key=None):
+    """Write the split's TFRecord shards into `out_dir` (atomically); return `out_dir`. `key` (what the shards
+    were built from, see `relation_networks.tasks.clevr`) is stored in their meta.json.
 
     `source`: "official" (the CLEVR v1.0 layout in `directory`) or "tfds" (TFDS's `clevr`, prepared in
     `directory`)."""
@@ -282,7 +283,7 @@ def preprocess(directory, split, out_dir, vocab, image_size=128, question_length
                 f"to {UNK}: {', '.join(sorted(unknown)[:10])}")
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump({"split": split, "has_answers": has_answers, "image_size": image_size,
-                       "question_length": question_length, "shards": shards, **counts}, f, indent=2)
+                       "question_length": question_length, "shards": shards, "key": key, **counts}, f, indent=2)
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
         os.rename(tmp, out_dir)

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from relation_networks import tasks
-from relation_networks.config import ConfigError, bounded, choice, positive
+from relation_networks.config import ConfigError, bounded, choice, positive, seed_field
 from relation_networks.data import babi
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
@@ -38,7 +38,7 @@ class BabiData:
     dir: str = "../shared/data/babi/en-10k"
     tasks: typing.List[int] = dataclasses.field(default_factory=lambda: list(range(1, 21)))
     val_fraction: float = bounded(0.1, above=0.0, below=1.0)
-    split_seed: int = 0
+    split_seed: int = seed_field(0)
     max_sentences: int = positive(20)
     sentence_length: int = positive(12)
     question_length: int = positive(12)
@@ -324,4 +324,4 @@ class Babi(Task):
         }
         if config.model.type == "rn":  # the RN paper's joint model
             extra.update(paper_passed=18, paper_failed_tasks=["qa2", "qa3"])
-        return self.report(config, split, len(labels), metrics, groups, extra)
+        return self.report(config, split, len(labels), metrics, groups, extra, labels=labels, logits=logits)

@@ -30,6 +30,7 @@ class Task:
     name = None
     data_config = None
     model_config = None
+    splits = ("train", "val", "test")  # the splits `dataset` serves (what `train.eval_splits` may name)
 
     # -- data ----------------------------------------------------------------------------------------------------
 
@@ -183,7 +184,20 @@ class Task:
         """The paper's results for this config's model, keyed like the report's metrics and groups."""
         return {}
 
-    def report(self, config, split, examples, metrics, groups=None, extra=None):
+    def mean_loss(self, config, labels, logits, batch_size=4096):
+        """The training loss (`loss`) averaged over evaluated examples, in batches."""
+        total = 0.0
+        for start in range(0, len(logits), batch_size):
+            chunk = self.loss(config, labels[start:start + batch_size], tf.constant(logits[start:start + batch_size]))
+            total += float(tf.reduce_sum(chunk))
+        return total / max(len(logits), 1)
+
+    def report(self, config, split, examples, metrics, groups=None, extra=None, labels=None, logits=None):
+        """The split's `Report`; given the `labels` and `logits`, its `extra["loss"]` holds the mean loss (the
+        trainer logs it to TensorBoard beside the metrics)."""
+        extra = dict(extra or {})
+        if labels is not None and logits is not None:
+            extra["loss"] = self.mean_loss(config, labels, logits)
         return Report(
             task=self.name,
             split=split,
@@ -191,5 +205,5 @@ class Task:
             metrics=metrics,
             groups=groups or {},
             paper=dict(self.paper_results(config)),
-            extra=extra or {},
+            extra=extra,
         )

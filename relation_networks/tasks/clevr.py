@@ -6,6 +6,7 @@ training questions only and saved with the run (`clevr_vocab.json`).
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import typing
@@ -129,18 +130,49 @@ class Clevr(Task):
             atomic_write_json(path, vocab)
         return vocab
 
+    def _cache_key(self, config, split):
+        """What a split's preprocessed shards are built from: the settings that shape them, the vocabulary that
+        numbers their words and answers, and the size and modification time of the source files. Shards whose key
+        differs are rebuilt (a changed question file, another question_length, another run's vocabulary)."""
+        d = config.data
+        vocab = json.dumps(self.vocabulary(config), sort_keys=True).encode()
+        sources = [clevr.questions_path(d.dir, split), clevr.scenes_path(d.dir, split)] if d.source == "official" else []
+        return {
+            "image_size": d.image_size, "question_length": d.question_length, "shards": d.shards, "source": d.source,
+            "vocabulary_sha256": hashlib.sha256(vocab).hexdigest(),
+            "files": {os.path.basename(p): [os.path.getsize(p), os.stat(p).st_mtime_ns] for p in sources
+                      if os.path.isfile(p)},
+        }
+
     def ensure_split(self, config, split, log=print):
         out = self._preprocessed(config, split)
-        meta = os.path.join(out, "meta.json")
-        if not os.path.isfile(meta):
-            d = config.data
-            if not os.path.isdir(d.dir):
-                raise DataError(f"CLEVR directory not found: {d.dir} (set data.dir to your CLEVR_v1.0 directory).")
+        meta_path = os.path.join(out, "meta.json")
+        d = config.data
+        if not os.path.isdir(d.dir) and not os.path.isfile(meta_path):
+            raise DataError(f"CLEVR directory not found: {d.dir} (set data.dir to your CLEVR_v1.0 directory).")
+        key = self._cache_key(config, split) if os.path.isdir(d.dir) else None
+        meta = self._read_meta(meta_path)
+        if meta is not None and key is not None and meta.get("key") != key:
+            changed = sorted(k for k in key if (meta.get("key") or {}).get(k) != key[k])
+            log(f"The preprocessed CLEVR {split} split in {out} was built from other inputs ({', '.join(changed)} "
+                "changed): rebuilding it.")
+            meta = None
+        if meta is None:
             log(f"Preprocessing CLEVR {split} into {out} (one-time) ...")
             clevr.preprocess(d.dir, split, out, self.vocabulary(config), d.image_size, d.question_length, d.shards,
-                             log=log, source=d.source)
-        with open(meta) as f:
-            return json.load(f)
+                             log=log, source=d.source, key=key)
+            meta = self._read_meta(meta_path)
+        return meta
+
+    @staticmethod
+    def _read_meta(path):
+        """A preprocessed split's meta.json, or None when there is none or it is damaged (then it is rebuilt)."""
+        try:
+            with open(path) as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) and "shards" in meta else None
 
     def prepare(self, config, log=print):
         self.vocabulary(config)

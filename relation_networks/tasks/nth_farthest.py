@@ -8,13 +8,17 @@ import numpy as np
 import tensorflow as tf
 
 from relation_networks import tasks
-from relation_networks.config import ConfigError, choice, positive
+from relation_networks.config import ConfigError, choice, positive, seed_field
 from relation_networks.data import nth_farthest as nf
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
 from relation_networks.layers import RelationModule
 from relation_networks.models import RelationalMemorySettings, logits_model, mlp, relational_memory
 from relation_networks.tasks.base import Task
+
+
+VAL_SEED = 1_000_001
+TEST_SEED = 2_000_003
 
 
 @dataclasses.dataclass
@@ -31,8 +35,15 @@ class NthFarthestData:
     train_size: int = positive(100_000)  # fresh samples every epoch, seeded by the run seed and the epoch
     val_size: int = positive(5_000)
     test_size: int = positive(10_000)
-    val_seed: int = 1_000_001
-    test_seed: int = 2_000_003
+    # Validation and test samples come from these fixed seeds; training samples from the run's seed and the epoch
+    # (seed * EPOCH_SEED_STRIDE + epoch, a few hundred thousand at most), which these large primes stay clear of.
+    val_seed: int = seed_field(VAL_SEED)
+    test_seed: int = seed_field(TEST_SEED)
+
+    def __post_init__(self):
+        if self.val_seed == self.test_seed:
+            raise ConfigError(f"'data.val_seed' and 'data.test_seed' must differ (both {self.val_seed}): the "
+                              "validation samples would be the test samples.")
 
 
 @dataclasses.dataclass
@@ -140,4 +151,5 @@ class NthFarthest(Task):
         rank = self.samples(config, split)["rank"]
         correct = logits.argmax(-1) == labels
         groups = grouped_accuracy(correct, rank - 1, [f"rank_{n}" for n in range(1, config.data.num_vectors)])
-        return self.report(config, split, len(labels), {"accuracy": float(np.mean(correct))}, groups)
+        return self.report(config, split, len(labels), {"accuracy": float(np.mean(correct))}, groups, labels=labels,
+                           logits=logits)

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from relation_networks import tasks
-from relation_networks.config import ConfigError, bounded, choice, positive
+from relation_networks.config import ConfigError, bounded, choice, positive, seed_field
 from relation_networks.data import physics
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy
@@ -22,7 +22,7 @@ from relation_networks.tasks.base import Task
 class PhysicsData:
     dir: str = "data/physics"
     target: str = choice("connections", ("connections", "count"))
-    seed: int = 0
+    seed: int = seed_field(0)
     num_balls: int = positive(10)
     frames: int = positive(16)
     train_scenes: int = positive(50000)
@@ -404,11 +404,12 @@ class Physics(Task):
             groups = grouped_accuracy(scene_correct, systems - 1, [f"{k}_systems" for k in range(1, n + 1)])
             metrics = {"scenes_all_correct": float(scene_correct.mean()), "pair_accuracy": float(pair_correct.mean()),
                        "count_from_connections": float((counted == systems).mean())}
-            return self.report(config, split, len(labels), metrics, groups)
+            return self.report(config, split, len(labels), metrics, groups, labels=labels, logits=logits)
         predicted = logits.argmax(-1)
         correct = predicted == labels
         confusion = np.zeros((n, n), int)
         np.add.at(confusion, (labels, predicted), 1)
         groups = grouped_accuracy(correct, labels, [f"{k}_systems" for k in range(1, n + 1)])
         return self.report(config, split, len(labels), {"accuracy": float(correct.mean())}, groups,
-                           extra={"confusion (rows: true count 1..n, columns: predicted)": confusion.tolist()})
+                           extra={"confusion (rows: true count 1..n, columns: predicted)": confusion.tolist()},
+                           labels=labels, logits=logits)

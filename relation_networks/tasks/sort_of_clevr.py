@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from relation_networks import tasks
-from relation_networks.config import ConfigError, bounded, choice, positive
+from relation_networks.config import ConfigError, bounded, choice, positive, seed_field
 from relation_networks.data import sort_of_clevr as soc
 from relation_networks.errors import DataError
 from relation_networks.evaluation import grouped_accuracy, mean_of_groups
@@ -24,17 +24,26 @@ SPLITS = ("train", "val", "test")
 @dataclasses.dataclass
 class SortOfClevrData:
     dir: str = "data/sort_of_clevr"  # generated once per seed, under a sub-directory named for the parameters
-    seed: int = 0  # train + val images come from one generation with this seed
+    seed: int = seed_field(0)  # train + val images come from one generation with this seed
     train_images: int = positive(9800)
     val_images: int = positive(200)  # the paper withholds 200 of 10,000 images
-    test_seed: int = 1000  # the test split is a separate generation
+    test_seed: int = seed_field(1000)  # the test split is a separate generation (another seed than `seed`)
     test_images: int = positive(2000)
-    min_distance_gap: float = 1.0  # closest/furthest must win by this many pixels (no ties)
+    # closest/furthest must win by this many pixels (no ties); above soc.MAX_DISTANCE_GAP almost no layout passes
+    min_distance_gap: float = bounded(1.0, low=0.0, high=soc.MAX_DISTANCE_GAP)
     question_shuffle_buffer: int = positive(4000)  # questions are shuffled within this window after shuffling images
     # Training only: questions about one image that go into a batch together, so the CNN encodes the image once
     # for all of them (a batch of 64 = 16 images x 4 questions). 1 = every question with its own copy of the
     # image, as in the paper. Must divide 20 and the batch per replica. Evaluation is always per question.
     group_questions: int = positive(4)
+
+    def __post_init__(self):
+        if self.test_seed == self.seed:
+            raise ConfigError(f"'data.test_seed' must differ from 'data.seed' (both {self.seed}): the test images would "
+                              "repeat the training images.")
+        if soc.QUESTIONS_PER_IMAGE % self.group_questions:
+            raise ConfigError(f"'data.group_questions' must divide the {soc.QUESTIONS_PER_IMAGE} questions of an image, "
+                              f"got {self.group_questions}.")
 
 
 @dataclasses.dataclass
@@ -182,8 +191,7 @@ class SortOfClevr(Task):
                 f"No Sort-of-CLEVR data at {os.path.dirname(path)}: generate it with "
                 f"`python tools/train.py --config ...` (it generates on first use) or check data.dir."
             )
-        with open(path) as f:
-            return json.load(f)
+        return soc.read_manifest(os.path.dirname(path))
 
     def num_examples(self, config, split):
         return self._manifest(config)["images"][self._check_split(split)] * soc.QUESTIONS_PER_IMAGE
@@ -305,7 +313,7 @@ class SortOfClevr(Task):
             extra["closest_furthest_by_margin"] = grouped_accuracy(
                 correct, _margin_bins(margins), [name for name, _ in MARGIN_BINS]
             )
-        return self.report(config, split, len(labels), metrics, groups, extra=extra)
+        return self.report(config, split, len(labels), metrics, groups, extra=extra, labels=labels, logits=logits)
 
     def _answer_margins(self, config, split, questions):
         """`soc.answer_margin` of every question of a split in `dataset` order (20 per image, images in file
