@@ -5,7 +5,7 @@ import typing
 
 import keras
 
-from relation_networks.config import choice
+from relation_networks.config import choice, positive
 from relation_networks.layers import RelationalMemory
 
 
@@ -23,8 +23,13 @@ class RelationalMemorySettings:
     input_bias: float = 0.0
     key_size: typing.Optional[int] = None
     # Layer-normalise the attention's projected queries, keys and values, as Sonnet does (RelationalMemory's
-    # `qkv_norm`). False here keeps the models of the runs trained before the option existed.
-    qkv_norm: bool = False
+    # `qkv_norm`; the layer's default too). Runs trained before the option existed set it false.
+    qkv_norm: bool = True
+    # Sonnet's other choices (RelationalMemory's arguments of the same names): one attention MLP shared by the
+    # blocks, layer-norm epsilon 1e-5, kernels from a truncated normal of std 1/sqrt(fan_in) ("sonnet").
+    shared_attention_mlp: bool = False
+    layer_norm_epsilon: float = positive(1e-3)
+    kernel_initializer: str = choice("glorot_uniform", ("glorot_uniform", "sonnet"))
 
 
 def relational_memory(settings, name="relational_memory"):
@@ -33,7 +38,8 @@ def relational_memory(settings, name="relational_memory"):
         settings.mem_slots, settings.head_size, num_heads=settings.num_heads, num_blocks=settings.num_blocks,
         forget_bias=settings.forget_bias, input_bias=settings.input_bias, gate_style=settings.gate_style,
         attention_mlp_layers=settings.attention_mlp_layers, key_size=settings.key_size, qkv_norm=settings.qkv_norm,
-        name=name,
+        shared_attention_mlp=settings.shared_attention_mlp, layer_norm_epsilon=settings.layer_norm_epsilon,
+        kernel_initializer=settings.kernel_initializer, name=name,
     )
 
 

@@ -9,6 +9,7 @@ import keras
 import _probes
 from conftest import ROOT, run_tool
 from relation_networks import RelationalMemory, tasks
+from relation_networks.layers.relational_memory import FanInTruncatedNormal
 from relation_networks import config as config_lib
 from relation_networks.data import nth_farthest as nf
 from relation_networks.tasks.nth_farthest import NthFarthestData
@@ -101,9 +102,43 @@ def test_one_step_matches_an_independent_numpy_computation(gate_style):
     np.testing.assert_allclose(out.numpy(), expected.reshape(2, -1), rtol=1e-4, atol=1e-5)
 
 
+def test_sonnet_settings_one_two_block_step_in_numpy():
+    """Sonnet's choices: q/k/v layer norm, one attention MLP for both blocks, layer-norm epsilon 1e-5 -- one step
+    of two blocks against NumPy, the same MLP weights applied in each block."""
+    slots, heads, size = 2, 2, 3
+    cell = RelationalMemory(slots, size, num_heads=heads, num_blocks=2, qkv_norm=True, shared_attention_mlp=True,
+                            layer_norm_epsilon=1e-5, kernel_initializer="sonnet", gate_style=None)
+    rng = np.random.default_rng(7)
+    x, state = rng.normal(size=(2, 4)).astype("float32"), rng.normal(size=(2, slots * heads * size)).astype("float32")
+    out, _ = cell(x, [state])
+    assert cell.blocks[0]["mlp"] is cell.blocks[1]["mlp"]
+    assert len([w for w in cell.weights if "mlp_0" in w.path]) == 2  # one kernel and one bias, not one per block
+    rows = np.concatenate([state.reshape(2, slots, heads * size), _dense(x, cell.input_projection)[:, None]], axis=1)
+    for block in cell.blocks:
+        qkv = _layer_norm(_dense(rows, block["qkv"]), block["qkv_norm"]).reshape(2, slots + 1, heads, 3 * size)
+        q, k, v = qkv[..., :size] / np.sqrt(size), qkv[..., size:2 * size], qkv[..., 2 * size:]
+        logits = np.einsum("brhk,bshk->bhrs", q, k)
+        weights = np.exp(logits - logits.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        attended = np.einsum("bhrs,bshv->brhv", weights, v).reshape(2, slots + 1, heads * size)
+        assert block["attention_norm"].epsilon == 1e-5
+        rows = _layer_norm(rows + attended, block["attention_norm"])
+        rows = _layer_norm(rows + _dense(np.maximum(_dense(rows, block["mlp"][0]), 0), block["mlp"][1]),
+                           block["mlp_norm"])
+    np.testing.assert_allclose(out.numpy(), rows[:, :slots].reshape(2, -1), rtol=1e-4, atol=1e-5)
+
+
+def test_sonnet_initializer_is_a_truncated_normal_of_std_one_over_sqrt_fan_in():
+    values = FanInTruncatedNormal(seed=1)((400, 300)).numpy()
+    assert np.abs(values).max() <= 2 / np.sqrt(400) + 1e-6
+    # a normal truncated at two standard deviations keeps 0.88 of its standard deviation
+    assert values.std() == pytest.approx(0.8796 / np.sqrt(400), rel=0.02)
+
+
 def test_config_round_trip_and_saving(tmp_path):
     cell = RelationalMemory(mem_slots=2, head_size=4, num_heads=2, num_blocks=2, gate_style="memory",
-                            attention_mlp_layers=3, key_size=5, forget_bias=0.5, input_bias=0.1)
+                            attention_mlp_layers=3, key_size=5, forget_bias=0.5, input_bias=0.1,
+                            shared_attention_mlp=True, layer_norm_epsilon=1e-5, kernel_initializer="sonnet")
     clone = RelationalMemory.from_config(cell.get_config())
     assert clone.get_config() == cell.get_config()
     inputs = keras.Input((3, 6))

@@ -150,6 +150,25 @@ def test_benchmark_throughput_smoke(tmp_path):
     slowest = min(r["questions_per_second"] for r in rows)
     for r in rows:  # each ratio is the variant's measured rate over the slowest one's
         assert r["speedup_vs_slowest"] == pytest.approx(r["questions_per_second"] / slowest, rel=1e-6)
+    # the ceiling: g's layers after the first (8 x 8) over the 5 x 5 cells' 625 pairs, forward + backward
+    ceiling = json.load(open(out))["matmul_gflops"]["float32"]
+    for r in rows:
+        assert r["pair_gflop_per_question"] == pytest.approx(3 * 2 * 625 * 8 * 8 / 1e9)
+        assert r["share_of_ceiling"] == pytest.approx(
+            r["questions_per_second"] * r["pair_gflop_per_question"] / ceiling, rel=1e-6)
+
+
+def test_the_benchmark_times_the_trainers_own_step():
+    import ast
+    import inspect
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import benchmark
+
+    calls = {node.func.attr for node in ast.walk(ast.parse(inspect.getsource(benchmark.throughput)))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
+    assert "make_train_step" in calls and "GradientTape" not in inspect.getsource(benchmark.throughput)
 
 
 def test_probe_objects_tool(trained_run, tmp_path):

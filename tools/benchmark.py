@@ -2,10 +2,13 @@
 
     python tools/benchmark.py --config configs/sort_of_clevr.yaml --out docs/benchmark.json
 
-1. Training throughput (questions/s, forward + backward + Adam update, on a real training batch) of the config's
-   model for every combination of: naive vs factorized first layer of g, float32 vs mixed bfloat16, with and
-   without XLA (`jit_compile`), and one question per CNN pass vs the config's `data.group_questions`. Median over `--repeats` timings of `--steps` steps each, and the ratio to the slowest
-   variant measured in the same run.
+1. Training throughput (questions/s) of the trainer's own step (`relation_networks.training.make_train_step`:
+   forward, backward and the trainer's Adam, under its distribution strategy) on a real training batch of the
+   config's model, for every combination of: naive vs factorized first layer of g, float32 vs mixed bfloat16,
+   with and without XLA (`jit_compile`), and one question per CNN pass vs the config's `data.group_questions`.
+   Median over `--repeats` timings of `--steps` steps each, the ratio to the slowest variant, and the share of the
+   ceiling measured in the same run: the GFLOP/s of one matmul at the relation MLP's shape (40,000 x 256 @ 256 x
+   256) in each precision, divided into g's FLOPs per question over all pairs.
 2. Scaling: time and peak memory (process max RSS, each size in a fresh process) of one RelationModule
    forward + backward at batch 64, g 4 x 256, as the number of objects grows, with and without pair chunking
    (a size that would not fit in memory unchunked is skipped and marked so).
@@ -64,56 +67,108 @@ def _median_rate(step, batch, repeats, steps):
     return batch / statistics.median(timings), [batch / t for t in timings]
 
 
+def matmul_ceiling(precision, rows=40_000, width=G_WIDTH, repeats=5):
+    """GFLOP/s of one `[rows, width] @ [width, width]` matmul (the relation MLP's shape at batch 64 with 25
+    objects) in the compute dtype of `precision`: the ceiling the RN's step is measured against. Median of
+    `repeats` timings of 10 matmuls each."""
+    import tensorflow as tf
+
+    dtype = tf.bfloat16 if precision == "mixed_bfloat16" else tf.float32
+    a = tf.cast(tf.random.stateless_normal((rows, width), seed=(1, 2)), dtype)
+    b = tf.cast(tf.random.stateless_normal((width, width), seed=(3, 4)), dtype)
+    matmul = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
+    rate, _ = _median_rate(matmul, 1, repeats, 10)
+    return 2.0 * rows * width * width * rate / 1e9
+
+
+def pair_flops_per_question(config):
+    """FLOPs per question of g_theta's layers after the first (which is factorized per object) over every pair,
+    forward + backward (3x the forward): the bulk of an RN's step, the numerator of the ceiling."""
+    import numpy as np
+
+    from relation_networks import tasks
+
+    task = tasks.get(config.task)
+    model = task.model_from_config(config)
+    objects = [v for v in model.variables if "g_theta_0" in v.path and v.path.endswith("kernel")]
+    if not objects or not hasattr(config.model, "g_units"):
+        return None
+    n = _objects_per_question(task, config)
+    widths = list(config.model.g_units)
+    return 3 * 2 * n * n * float(np.sum([a * b for a, b in zip(widths[:-1], widths[1:])]))
+
+
+def _objects_per_question(task, config):
+    """The number of objects the RN pairs (the CNN's cells for Sort-of-CLEVR)."""
+    features, _ = next(iter(task.dataset(config, "val").batch(1)))
+    model = task.model_from_config(config)
+    cnn = [layer for layer in model.layers if layer.name == "cnn"]
+    if cnn:
+        return int(cnn[0].compute_output_shape((1,) + tuple(features["image"].shape[1:]))[1])
+    raise ValueError("only CNN+RN configs have a pair count here")
+
+
 def throughput(config_path):
+    """Training throughput of the trainer's own step (`training.make_train_step`, with the trainer's optimiser and
+    distribution strategy) on a real training batch, per variant; beside it the share of the matmul ceiling
+    measured in the same run."""
     import keras
     import tensorflow as tf
 
     from relation_networks import config as config_lib
-    from relation_networks import tasks
+    from relation_networks import tasks, training
+    from relation_networks.optimizers import LayerwiseAdam
+    from relation_networks.schedules import make_learning_rate
 
     results = []
     config = config_lib.load(config_path, FLAGS.set)
+    config.train.batch_size = FLAGS.batch_size
     task = tasks.get(config.task)
     task.prepare(config)
+    strategy = tf.distribute.get_strategy()
+    ceilings = {precision: matmul_ceiling(precision) for precision in FLAGS.precisions}
+    for precision, rate in ceilings.items():
+        print(f"  matmul ceiling {precision:<15} {rate:8.1f} GFLOP/s", flush=True)
     default_group = task.training_group_size(config)
     for group in sorted({1, default_group}):
-        config.data.group_questions = group
-        features, labels = next(iter(task.training_dataset(config, seed=0).batch(FLAGS.batch_size // group)))
+        if hasattr(config.data, "group_questions"):
+            config.data.group_questions = group
+        elements = tf.data.Dataset.from_tensors(
+            next(iter(task.training_dataset(config, seed=0).batch(FLAGS.batch_size // group)))).repeat()
         for precision in FLAGS.precisions:
-            for factorized in (False, True):
+            for factorized in (False, True) if hasattr(config.model, "factorized") else (None,):
                 for jit in [setting == "on" for setting in FLAGS.jit]:
-                    config.model.factorized = factorized
+                    if factorized is not None:
+                        config.model.factorized = factorized
+                    config.train.jit_compile = jit
                     keras.config.set_dtype_policy(precision)
                     keras.utils.set_random_seed(0)
                     model = task.model_from_config(config)
+                    optimizer = LayerwiseAdam(make_learning_rate(config.train, 1000, 1000),
+                                              lr_multipliers=config.train.lr_multipliers)
+                    optimizer.build(model.trainable_variables)
+                    train_step = training.make_train_step(task, config, model, optimizer, strategy, FLAGS.batch_size)
                     keras.config.set_dtype_policy("float32")
-                    forward = task.training_forward(config, model)
-                    optimizer = keras.optimizers.Adam(1e-4)
-
-                    def grads(features, labels):
-                        with tf.GradientTape() as tape:
-                            loss = tf.reduce_mean(task.loss(config, labels, forward(features, training=True)))
-                        return loss, tape.gradient(loss, model.trainable_variables)
-
-                    grads_fn = tf.function(grads, jit_compile=jit)
-
-                    @tf.function
-                    def step():
-                        loss, g = grads_fn(features, labels)
-                        optimizer.apply_gradients(zip(g, model.trainable_variables))
-                        return loss
-
-                    rate, rates = _median_rate(step, FLAGS.batch_size, FLAGS.repeats, FLAGS.steps)
+                    iterator = iter(elements)
+                    stop = tf.constant(False)
+                    rate, rates = _median_rate(lambda: train_step(iterator, stop)[0], FLAGS.batch_size,
+                                               FLAGS.repeats, FLAGS.steps)
+                    flops = pair_flops_per_question(config)
+                    best_ceiling = max(ceilings.values())
                     row = {"precision": precision, "first_layer": "factorized" if factorized else "naive",
                            "jit_compile": jit, "questions_per_image": group, "questions_per_second": rate,
-                           "all": rates}
+                           "all": rates, "pair_gflop_per_question": flops and flops / 1e9,
+                           "ceiling_questions_per_second": flops and best_ceiling * 1e9 / flops,
+                           "share_of_ceiling": flops and rate * flops / (best_ceiling * 1e9),
+                           "share_of_own_precision_ceiling": flops and rate * flops / (ceilings[precision] * 1e9)}
                     results.append(row)
+                    share = f"  {100 * row['share_of_ceiling']:5.1f}% of the best ceiling" if flops else ""
                     print(f"  {precision:<15} {row['first_layer']:<11} jit={str(jit):<5} questions/image={group:<3} "
-                          f"{rate:8.1f} q/s", flush=True)
+                          f"{rate:8.1f} q/s{share}", flush=True)
     slowest = min(r["questions_per_second"] for r in results)
     for r in results:
         r["speedup_vs_slowest"] = r["questions_per_second"] / slowest
-    return results
+    return results, ceilings
 
 
 def scaling_worker(n, chunk):
@@ -219,7 +274,7 @@ def main(argv):
               "cpu_affinity": sorted(os.sched_getaffinity(0))}
     if not FLAGS.skip_throughput:
         print(f"Training throughput of {FLAGS.config} (median of {FLAGS.repeats} x {FLAGS.steps} steps):", flush=True)
-        result["throughput"] = throughput(FLAGS.config)
+        result["throughput"], result["matmul_gflops"] = throughput(FLAGS.config)
     if not FLAGS.skip_scaling:
         print(f"RelationModule forward+backward, batch 64, g {G_LAYERS} x {G_WIDTH}:", flush=True)
 
@@ -257,12 +312,19 @@ def markdown(result):
     if "throughput" in result:
         lines += [f"Training throughput of `{result.get('config')}` (batch {result['batch_size']}, forward + backward + "
                   f"Adam; median of {result.get('repeats')} x {result.get('steps')} steps):", "",
-                  "| precision | first layer of g | XLA | questions per CNN pass | questions/s | x slowest |",
-                  "|---|---|---|---|---|---|"]
+                  "| precision | first layer of g | XLA | questions per CNN pass | questions/s | x slowest | "
+                  "share of the ceiling |",
+                  "|---|---|---|---|---|---|---|"]
         for r in sorted(result["throughput"], key=lambda r: -r["questions_per_second"]):
+            share = f"{100 * r['share_of_ceiling']:.0f}%" if r.get("share_of_ceiling") else "-"
             lines.append(f"| {r['precision']} | {r['first_layer']} | {'on' if r['jit_compile'] else 'off'} | "
                          f"{r.get('questions_per_image', 1)} | {r['questions_per_second']:.0f} | "
-                         f"{r['speedup_vs_slowest']:.2f} |")
+                         f"{r['speedup_vs_slowest']:.2f} | {share} |")
+        if result.get("matmul_gflops"):
+            lines += ["", "Ceiling, measured in the same run: one 40,000 x 256 @ 256 x 256 matmul at "
+                      + ", ".join(f"{v:.0f} GFLOP/s in {k}" for k, v in result["matmul_gflops"].items())
+                      + "; the share is g's FLOPs per question (all pairs, forward + backward) x questions/s over "
+                        "the fastest precision's rate."]
         lines.append("")
     if "scaling" in result:
         lines += [f"One RelationModule forward + backward, batch 64, g {G_LAYERS} x {G_WIDTH}, objects of {OBJECT_DIM} "

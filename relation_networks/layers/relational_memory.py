@@ -24,6 +24,26 @@ from keras import ops
 _GATE_STYLES = ("unit", "memory", None)
 
 
+@keras.saving.register_keras_serializable(package="relation_networks")
+class FanInTruncatedNormal(keras.initializers.Initializer):
+    """Sonnet's default for linear layers: a normal of standard deviation `1 / sqrt(fan_in)` truncated at two
+    standard deviations (without Keras's `VarianceScaling` correction of the truncated variance)."""
+
+    def __init__(self, seed=None):
+        self.seed = seed
+
+    def __call__(self, shape, dtype=None):
+        stddev = 1.0 / max(1, int(shape[0])) ** 0.5
+        return keras.random.truncated_normal(shape, stddev=stddev, dtype=dtype, seed=self.seed)
+
+    def get_config(self):
+        return {"seed": self.seed}
+
+
+def _initializer(name):
+    return FanInTruncatedNormal() if name == "sonnet" else keras.initializers.get(name)
+
+
 def _is_positive_integer(value):
     """True for a positive Python or NumPy integer (not a bool, not a float such as 4.0)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
@@ -48,6 +68,14 @@ class RelationalMemory(keras.layers.Layer):
             the attention, as Sonnet's `RelationalMemory` does; this sets the attention logits' scale at
             initialisation independently of the memory's. `False` leaves the projection as it is (the behaviour of
             this layer before the option existed; saved layers without the key load that way).
+        shared_attention_mlp: one row-wise MLP for all `num_blocks` blocks, as Sonnet builds it (default: one per
+            block). The same with `num_blocks=1`.
+        layer_norm_epsilon: epsilon of the attention and MLP layer norms (Keras's 1e-3 by default; Sonnet 1e-5).
+        kernel_initializer: initialiser of every kernel: a Keras initialiser (default `"glorot_uniform"`) or
+            `"sonnet"`, Sonnet's truncated normal of standard deviation `1 / sqrt(fan_in)` (`FanInTruncatedNormal`).
+
+    With `qkv_norm=True, shared_attention_mlp=True, layer_norm_epsilon=1e-5, kernel_initializer="sonnet"` the layer
+    is Sonnet's `RelationalMemory` (tests/test_relational_memory.py checks one step against NumPy).
 
     Call arguments (as an RNN cell):
         inputs: `[batch, input_dim]`, one time step.
@@ -72,6 +100,9 @@ class RelationalMemory(keras.layers.Layer):
         attention_mlp_layers=2,
         key_size=None,
         qkv_norm=True,
+        shared_attention_mlp=False,
+        layer_norm_epsilon=1e-3,
+        kernel_initializer="glorot_uniform",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -97,28 +128,42 @@ class RelationalMemory(keras.layers.Layer):
         self.attention_mlp_layers = int(attention_mlp_layers)
         self.key_size = int(key_size or head_size)
         self.qkv_norm = qkv_norm
+        self.shared_attention_mlp = bool(shared_attention_mlp)
+        if not float(layer_norm_epsilon) > 0:
+            raise ValueError(f"Invalid value for argument layer_norm_epsilon: expected a positive number, got "
+                             f"{layer_norm_epsilon!r}.")
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.kernel_initializer = kernel_initializer if isinstance(kernel_initializer, str) else \
+            keras.initializers.serialize(keras.initializers.get(kernel_initializer))
+        init = dict(kernel_initializer=_initializer(kernel_initializer))
+        eps = dict(epsilon=self.layer_norm_epsilon)
         self.mem_size = self.head_size * self.num_heads
         self.state_size = self.mem_slots * self.mem_size
         self.output_size = self.mem_slots * self.mem_size
 
         policy = dict(dtype=self.dtype_policy)  # sub-layers follow this layer's policy, also after reloading
-        self.input_projection = keras.layers.Dense(self.mem_size, name="input_projection", **policy)
+        self.input_projection = keras.layers.Dense(self.mem_size, name="input_projection", **init, **policy)
         qkv = self.num_heads * (2 * self.key_size + self.head_size)
+
+        def attention_mlp(prefix):
+            return [keras.layers.Dense(self.mem_size, activation="relu" if k < attention_mlp_layers - 1 else None,
+                                       name=f"{prefix}mlp_{k}", **init, **policy) for k in range(attention_mlp_layers)]
+
+        shared = attention_mlp("") if self.shared_attention_mlp else None
         self.blocks = []
         for b in range(num_blocks):
             self.blocks.append({
-                "qkv": keras.layers.Dense(qkv, name=f"block_{b}_qkv", **policy),
+                "qkv": keras.layers.Dense(qkv, name=f"block_{b}_qkv", **init, **policy),
                 "qkv_norm": keras.layers.LayerNormalization(
                     epsilon=1e-5, name=f"block_{b}_qkv_norm", **policy) if qkv_norm else None,
-                "attention_norm": keras.layers.LayerNormalization(name=f"block_{b}_attention_norm", **policy),
-                "mlp": [keras.layers.Dense(self.mem_size, activation="relu" if k < attention_mlp_layers - 1 else None,
-                                           name=f"block_{b}_mlp_{k}", **policy) for k in range(attention_mlp_layers)],
-                "mlp_norm": keras.layers.LayerNormalization(name=f"block_{b}_mlp_norm", **policy),
+                "attention_norm": keras.layers.LayerNormalization(name=f"block_{b}_attention_norm", **eps, **policy),
+                "mlp": shared or attention_mlp(f"block_{b}_"),
+                "mlp_norm": keras.layers.LayerNormalization(name=f"block_{b}_mlp_norm", **eps, **policy),
             })
         if gate_style is not None:
             gates = 2 * (self.mem_size if gate_style == "unit" else 1)
-            self.input_gates = keras.layers.Dense(gates, name="input_gates", **policy)
-            self.memory_gates = keras.layers.Dense(gates, name="memory_gates", **policy)
+            self.input_gates = keras.layers.Dense(gates, name="input_gates", **init, **policy)
+            self.memory_gates = keras.layers.Dense(gates, name="memory_gates", **init, **policy)
 
     def build(self, input_shape):
         self.input_projection.build((None, input_shape[-1]))
@@ -129,7 +174,8 @@ class RelationalMemory(keras.layers.Layer):
                 block["qkv_norm"].build((None, block["qkv"].units))
             block["attention_norm"].build(row)
             for layer in block["mlp"]:
-                layer.build(row)
+                if not layer.built:  # a shared MLP is built once
+                    layer.build(row)
             block["mlp_norm"].build(row)
         if self.gate_style is not None:
             self.input_gates.build(row)
@@ -195,6 +241,8 @@ class RelationalMemory(keras.layers.Layer):
             mem_slots=self.mem_slots, head_size=self.head_size, num_heads=self.num_heads, num_blocks=self.num_blocks,
             forget_bias=self.forget_bias, input_bias=self.input_bias, gate_style=self.gate_style,
             attention_mlp_layers=self.attention_mlp_layers, key_size=self.key_size, qkv_norm=self.qkv_norm,
+            shared_attention_mlp=self.shared_attention_mlp, layer_norm_epsilon=self.layer_norm_epsilon,
+            kernel_initializer=self.kernel_initializer,
         )
         return config
 

@@ -81,8 +81,10 @@ class BabiData:
 class BabiModel(RelationalMemorySettings):
     # rn: the paper's RN over the sentence objects. rmc: a Relational Memory Core reads the same sentence objects
     # one per step (each with the question appended; absent sentences are skipped), then f_units + logits on its
-    # final memory (the RMC keys: RelationalMemorySettings).
-    type: str = choice("rn", ("rn", "rmc"))
+    # final memory (the RMC keys: RelationalMemorySettings). lstm: the RMC's baseline, an LSTM of lstm_units reading
+    # the same steps, then f_units + logits on its final state.
+    type: str = choice("rn", ("rn", "rmc", "lstm"))
+    lstm_units: int = positive(256)
     embedding_dim: int = positive(32)
     # Initial word embeddings of the sentence and question LSTMs: "uniform" is Keras' default, U(-0.05, 0.05);
     # "normal" is N(0, 1) (PyTorch's default scale), which makes the untrained sentence encodings differ from one
@@ -121,13 +123,14 @@ def build_model(model_config, data_config, vocab):
     embedded = keras.layers.Embedding(len(vocab.words), model_config.embedding_dim, embeddings_initializer=initializer,
                                       name="question_embedding")(question)
     q = keras.layers.LSTM(model_config.question_lstm, unroll=True, name="question_lstm")(embedded)
-    if model_config.type == "rmc":
+    if model_config.type in ("rmc", "lstm"):
         steps = keras.layers.Concatenate(name="sentence_and_question")(
             [objects, keras.layers.RepeatVector(data_config.max_sentences, name="question_per_step")(q)])
-        memory = keras.layers.RNN(relational_memory(model_config), unroll=True, name="rmc")(
-            steps, mask=keras.ops.cast(object_mask, "bool"))
+        reader = (keras.layers.RNN(relational_memory(model_config), unroll=True, name="rmc")
+                  if model_config.type == "rmc" else keras.layers.LSTM(model_config.lstm_units, unroll=True, name="lstm"))
+        memory = reader(steps, mask=keras.ops.cast(object_mask, "bool"))
         logits = keras.layers.Dense(len(vocab.answers), name="answer")(mlp(memory, model_config.f_units, "f_phi"))
-        return logits_model({"context": context, "question": question}, logits, "babi_rmc")
+        return logits_model({"context": context, "question": question}, logits, f"babi_{model_config.type}")
     logits = RelationModule(
         model_config.g_units, list(model_config.f_units) + [len(vocab.answers)], dropout=model_config.dropout,
         aggregation=model_config.aggregation, name="relation_module",
