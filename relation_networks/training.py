@@ -235,6 +235,33 @@ def weights_digest(model):
     return digest.hexdigest()
 
 
+def array_trainer(task, config, model, batch_size, total_steps, lr_multipliers=None):
+    """The trainer's optimiser (`LayerwiseAdam` under the config's schedule over `total_steps`) and step
+    (`make_train_step`, forward = `model` itself) for diagnostics that train on NumPy arrays: returns
+    `fit(features, labels, seed, on_step=None) -> mean loss`, one shuffled pass over the arrays in whole batches,
+    calling `on_step(step)` after each step."""
+    optimizer = LayerwiseAdam(make_learning_rate(config.train, total_steps, total_steps),
+                              lr_multipliers=config.train.lr_multipliers if lr_multipliers is None else lr_multipliers)
+    optimizer.build(model.trainable_variables)
+    step = make_train_step(task, config, model, optimizer, tf.distribute.get_strategy(), batch_size,
+                           forward=lambda features, training: model(features, training=training))
+    no_stop = tf.constant(False)
+
+    def fit(features, labels, seed, on_step=None):
+        count = len(labels) // batch_size
+        ds = tf.data.Dataset.from_tensor_slices((features, labels)).shuffle(len(labels), seed=seed)
+        iterator = iter(ds.batch(batch_size, drop_remainder=True))
+        total = 0.0
+        for _ in range(count):
+            loss, _, _ = step(iterator, no_stop)
+            total += float(loss)
+            if on_step is not None:
+                on_step(int(optimizer.iterations.numpy()))
+        return total / max(count, 1)
+
+    return fit
+
+
 @dataclasses.dataclass
 class Parts:
     """What a run is made of, built once by `_setup` and read by the loop and the finish."""

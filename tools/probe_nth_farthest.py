@@ -64,7 +64,7 @@ def main(argv):
     import numpy as np
 
     from relation_networks import config as config_lib
-    from relation_networks import precision
+    from relation_networks import precision, tasks, training
     from relation_networks.errors import UserError
     from _probes import input_dependent_share
     from relation_networks.io import atomic_write_json
@@ -93,8 +93,8 @@ def main(argv):
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(FLAGS.seed)
     model = build_model(config.model, d)
-    model.compile(keras.optimizers.Adam(config.train.learning_rate),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    fit = training.array_trainer(tasks.get("nth_farthest"), config, model, config.train.batch_size,
+                                 total_steps=FLAGS.steps)
     val_x, val_y = _probes.sub_task(FLAGS.target, FLAGS.val_samples, d.val_seed, d.num_vectors, d.vector_dim,
                                id_width(d), vector_width(d))
     if FLAGS.input_dependence:
@@ -114,11 +114,11 @@ def main(argv):
         steps = min(FLAGS.eval_every_steps, FLAGS.steps - done)
         x, y = _probes.sub_task(FLAGS.target, steps * config.train.batch_size, FLAGS.seed * 1_000_003 + done,
                            d.num_vectors, d.vector_dim, id_width(d), vector_width(d))
-        history = model.fit(x, y, batch_size=config.train.batch_size, epochs=1, shuffle=False, verbose=0)
+        loss = fit({"sequence": x}, y, seed=done)
         done += steps
         accuracy = float(np.mean(model.predict(val_x, batch_size=1024, verbose=0).argmax(-1) == val_y))
         rows.append({"step": done, "seconds": round(time.time() - start, 1),
-                     "loss": round(float(history.history["loss"][-1]), 4), "val_accuracy": accuracy})
+                     "loss": round(loss, 4), "val_accuracy": accuracy})
         print(f"step {done:>6}  {rows[-1]['seconds']:>7.0f} s  loss {rows[-1]['loss']:.3f}  "
               f"validation {100 * accuracy:.1f}%", flush=True)
     if FLAGS.json:

@@ -129,12 +129,14 @@ def main(argv):
         question = keras.Input((soc.QUESTION_DIM,), name="question")
         logits = keras.layers.Activation("linear", dtype="float32")(relation_module(m)(objects, question=question))
         model = keras.Model({"objects": objects, "question": question}, logits)
-    from relation_networks.optimizers import LayerwiseAdam
+    from relation_networks import tasks, training
+    from relation_networks.training import EPOCH_SEED_STRIDE
 
     # the config's multipliers for CNN layers apply only where there is a CNN (the pixels layout)
     multipliers = {k: v for k, v in config.train.lr_multipliers.items() if pixels or k.split("/")[0] != "cnn"}
-    model.compile(LayerwiseAdam(config.train.learning_rate, lr_multipliers=multipliers),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    steps_per_epoch = len(train_y) // FLAGS.batch_size
+    fit = training.array_trainer(tasks.get("sort_of_clevr"), config, model, FLAGS.batch_size,
+                                 total_steps=FLAGS.epochs * steps_per_epoch, lr_multipliers=multipliers)
 
     def feed(x):
         """The model's input dict for `[objects or images, questions]`."""
@@ -146,7 +148,6 @@ def main(argv):
           f"aggregation={m.aggregation}, Adam {config.train.learning_rate:g}, g {m.g_units}, f {m.f_units}, "
           f"{policy}, batch {FLAGS.batch_size}, seed {FLAGS.seed}")
     start = time.time()
-    steps_per_epoch = -(-len(train_y) // FLAGS.batch_size)
 
     def score(epoch, step):
         correct = model.predict(feed(val_x), batch_size=1000 if not pixels else 250, verbose=0).argmax(-1) == val_y
@@ -159,19 +160,13 @@ def main(argv):
         print(f"{where} ({row['seconds']:.0f} s): " + "  ".join(
             f"{name} {100 * row[name]:.1f}%" for name in asked), flush=True)
 
-    class EveryKSteps(keras.callbacks.Callback):
-        def __init__(self, epoch):
-            super().__init__()
-            self.epoch = epoch
-
-        def on_train_batch_end(self, batch, logs=None):
-            step = (self.epoch - 1) * steps_per_epoch + batch + 1
-            if FLAGS.eval_every_steps and step % FLAGS.eval_every_steps == 0 and batch + 1 < steps_per_epoch:
-                score(self.epoch, step)
+    def every_k_steps(step):
+        epoch = -(-step // steps_per_epoch)
+        if FLAGS.eval_every_steps and step % FLAGS.eval_every_steps == 0 and step % steps_per_epoch:
+            score(epoch, step)
 
     for epoch in range(1, FLAGS.epochs + 1):
-        model.fit(feed(train_x), train_y, batch_size=FLAGS.batch_size, epochs=1, shuffle=True, verbose=0,
-                  callbacks=[EveryKSteps(epoch)])
+        fit(feed(train_x), train_y, seed=FLAGS.seed * EPOCH_SEED_STRIDE + epoch, on_step=every_k_steps)
         score(epoch, epoch * steps_per_epoch)
     if FLAGS.json:
         from relation_networks.io import atomic_write_json
