@@ -1,5 +1,6 @@
-"""A run directory's records: its file names, the training log's progress lines, and metrics.json (the history of
-validation points and the final evaluation, with the machine and the command)."""
+"""A run directory's records: its file names, the training log's progress lines, metrics.json (the history of
+validation points and the final evaluation, with the machine and the command), and the evaluations logged to
+TensorBoard (`Evaluator`)."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import sys
 import time
 
 import keras
+import tensorflow as tf
 
 from relation_networks.io import atomic_write_json
 from relation_networks.machine import hardware, hardware_text  # noqa: F401  (hardware_text: for the tools)
@@ -82,3 +84,42 @@ def write_metrics(path, config, history, step, plan, train_seconds, complete, ev
         metrics["best"] = best  # the evaluated model is this one (train.keep_best)
     atomic_write_json(path, metrics)
     return metrics
+
+
+def _evaluate(task, predict, config, split):
+    return task.evaluate(predict, config, split, batch_size=config.train.eval_batch_size)
+
+
+class Evaluator:
+    """The task's evaluation of the model on a split, with its metrics logged to TensorBoard (`logs/<split>/`)."""
+
+    def __init__(self, task, config, model, run_dir, is_chief):
+        self.task, self.config = task, config
+        # once per run: a new function per evaluation would retrace
+        predict = tf.function(lambda features: model(features, training=False), reduce_retracing=True)
+        self.predict = lambda features: predict(features).numpy()
+        self.run_dir, self.is_chief = run_dir, is_chief
+        self.writers = {}
+
+    def writer(self, split):
+        if split not in self.writers:
+            self.writers[split] = (tf.summary.create_file_writer(os.path.join(self.run_dir, "logs", split))
+                                   if self.is_chief else tf.summary.create_noop_writer())
+        return self.writers[split]
+
+    def __call__(self, split, step=None):
+        """The split's `Report`; with `step`, its metrics are also written to TensorBoard at that step."""
+        report = _evaluate(self.task, self.predict, self.config, split)
+        if step is not None:
+            with self.writer(split).as_default(step=step):
+                for name, value in report.metrics.items():
+                    tf.summary.scalar(name, value)
+                if "loss" in report.extra:
+                    tf.summary.scalar("loss", report.extra["loss"])
+                for name, group in report.groups.items():  # the paper's breakdown: bAbI task, question kind, ...
+                    tf.summary.scalar(f"accuracy_by_group/{name}", group["accuracy"])
+        return report
+
+    def close(self):
+        for writer in self.writers.values():
+            writer.close()

@@ -40,10 +40,11 @@ from relation_networks.errors import UserError
 from relation_networks.io import atomic_path
 from relation_networks.machine import precision_note
 from relation_networks.optimizers import LayerwiseAdam
-from relation_networks.run_records import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, Progress, duration, load_history,
-                                           write_metrics)
+from relation_networks.run_records import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, Evaluator, Progress, duration,
+                                           load_history, write_metrics)
 from relation_networks.run_lock import RunLock
 from relation_networks.schedules import make_learning_rate
+from relation_networks.stopping import StopRequest, TimeBudget
 from relation_networks.tasks.base import prefetched
 
 # Each epoch's shuffle (and the calibration draw) is seeded from the run's seed and the epoch: seed * this + epoch,
@@ -78,113 +79,6 @@ class Plan:
 
     def epoch_end(self, step):
         return step % self.steps_per_epoch == 0
-
-
-class TimeBudget:
-    """`train.time_limit_minutes`: the training time used so far (a checkpointed variable, so a resumed run
-    continues it) against the limit. `vote(flag)` combines the workers' answers, so all of them stop together."""
-
-    def __init__(self, seconds, minutes, vote=None):
-        self.seconds = seconds
-        self.limit = minutes * 60 if minutes else None
-        self.vote = vote
-
-    def add(self, seconds):
-        self.seconds.assign_add(seconds)
-
-    @property
-    def used(self):
-        return float(self.seconds.numpy())
-
-    def spent(self):
-        if self.limit is None:
-            return False
-        over = self.used >= self.limit
-        return bool(self.vote(over)) if self.vote else over
-
-
-class StopRequest:
-    """SIGTERM or SIGINT during training: note it, so the loop finishes the step, saves a checkpoint and stops
-    (a pre-empted job loses no step). A second signal interrupts at once. Signal handlers are only installed in
-    the main thread; elsewhere `requested` stays False."""
-
-    SIGNALS = ("SIGTERM", "SIGINT")
-
-    def __init__(self):
-        self.signal = None
-        self._previous = {}
-
-    @property
-    def requested(self):
-        return self.signal is not None
-
-    def _handle(self, signum, frame):
-        if self.signal is not None:
-            self._restore()
-            raise KeyboardInterrupt
-        import signal
-
-        self.signal = signal.Signals(signum).name
-
-    def __enter__(self):
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for name in self.SIGNALS:
-                number = getattr(signal, name)
-                self._previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def _restore(self):
-        import signal
-
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-        self._previous = {}
-
-    def __exit__(self, *exc):
-        self._restore()
-        return False
-
-
-def _evaluate(task, predict, config, split):
-    return task.evaluate(predict, config, split, batch_size=config.train.eval_batch_size)
-
-
-class Evaluator:
-    """The task's evaluation of the model on a split, with its metrics logged to TensorBoard (`logs/<split>/`)."""
-
-    def __init__(self, task, config, model, run_dir, is_chief):
-        self.task, self.config = task, config
-        # once per run: a new function per evaluation would retrace
-        predict = tf.function(lambda features: model(features, training=False), reduce_retracing=True)
-        self.predict = lambda features: predict(features).numpy()
-        self.run_dir, self.is_chief = run_dir, is_chief
-        self.writers = {}
-
-    def writer(self, split):
-        if split not in self.writers:
-            self.writers[split] = (tf.summary.create_file_writer(os.path.join(self.run_dir, "logs", split))
-                                   if self.is_chief else tf.summary.create_noop_writer())
-        return self.writers[split]
-
-    def __call__(self, split, step=None):
-        """The split's `Report`; with `step`, its metrics are also written to TensorBoard at that step."""
-        report = _evaluate(self.task, self.predict, self.config, split)
-        if step is not None:
-            with self.writer(split).as_default(step=step):
-                for name, value in report.metrics.items():
-                    tf.summary.scalar(name, value)
-                if "loss" in report.extra:
-                    tf.summary.scalar("loss", report.extra["loss"])
-                for name, group in report.groups.items():  # the paper's breakdown: bAbI task, question kind, ...
-                    tf.summary.scalar(f"accuracy_by_group/{name}", group["accuracy"])
-        return report
-
-    def close(self):
-        for writer in self.writers.values():
-            writer.close()
 
 
 def make_train_step(task, config, model, optimizer, strategy, global_batch, forward=None):

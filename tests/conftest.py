@@ -8,7 +8,8 @@ import pytest  # noqa: E402
 from tool_runner import run_tool  # noqa: E402,F401  (the tests' way to run a tool as its own process)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))  # the tools' helpers (`_probes`) and `reproduce` for the tests
+sys.path.insert(0, os.path.join(ROOT, "tools"))  # the tools' helpers and `reproduce` for the tests
+sys.path.insert(0, os.path.join(ROOT, "tools", "diagnostics"))  # the diagnostics' helpers (`_probes`)
 
 
 @pytest.fixture(autouse=True)

@@ -179,7 +179,7 @@ def test_link_metrics_by_independent_computation():
 def test_ball_identity_one_hot_and_round_trip(tmp_path):
     import keras
 
-    from relation_networks.tasks.physics import BallIdentity
+    from relation_networks.layers.physics_readouts import BallIdentity
 
     balls = np.zeros((2, 10, 33), np.float32)
     balls[..., 32] = np.arange(10) / 9
@@ -292,7 +292,7 @@ def test_pair_readout_is_symmetric_and_never_links_a_ball_to_itself(tmp_path):
 def test_system_count_is_the_number_of_connected_components(tmp_path):
     import keras
 
-    from relation_networks.tasks.physics import SystemCount
+    from relation_networks.layers.physics_readouts import SystemCount
 
     rng = np.random.default_rng(0)
     matrices = []

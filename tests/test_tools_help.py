@@ -6,7 +6,8 @@ import re
 
 from conftest import ROOT, run_tool
 
-TOOLS = sorted(p for p in glob.glob(os.path.join(ROOT, "tools", "*.py")) if not os.path.basename(p).startswith("_"))
+TOOLS = sorted(p for p in glob.glob(os.path.join(ROOT, "tools", "*.py")) + glob.glob(os.path.join(ROOT, "tools", "diagnostics", "*.py"))
+               if not os.path.basename(p).startswith("_"))
 
 
 def _declared_flags(path):

@@ -12,13 +12,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, tiny_sort_of_clevr_overrides
-from relation_networks import serving
-from relation_networks import schedules
-from relation_networks import run_records
-from relation_networks import checkpointing
-from relation_networks import batch_norm
+from relation_networks import batch_norm, checkpointing, run_records, schedules, serving, tasks, training
 from relation_networks import config as config_lib
-from relation_networks import tasks, training
 from relation_networks.errors import UserError
 from relation_networks.tasks import base
 
@@ -35,7 +30,7 @@ def _scripted_validation(monkeypatch, values):
     """Replace the validation accuracy the trainer sees by `values`, one per evaluation, then leave it real (as the
     other splits are): the final report evaluates the validation split once more."""
     values = iter(values)
-    evaluate = training._evaluate
+    evaluate = run_records._evaluate
 
     def scripted(task, predict, config, split):
         report = evaluate(task, predict, config, split)
@@ -43,7 +38,7 @@ def _scripted_validation(monkeypatch, values):
             report.metrics["accuracy"] = next(values, report.metrics["accuracy"])
         return report
 
-    monkeypatch.setattr(training, "_evaluate", scripted)
+    monkeypatch.setattr(run_records, "_evaluate", scripted)
 
 
 def _load_model(config):
@@ -76,7 +71,7 @@ def test_final_model_is_the_best_epoch_and_survives_a_resume(tmp_path, monkeypat
     assert not _same(best_weights, _checkpoint_weights(config, 3 * STEPS_PER_EPOCH))  # the epochs differ
     # The test evaluation in metrics.json is of the best model.
     _, _, predict = serving.load_keras_predictor(config.run_dir)
-    report = training._evaluate(training.tasks.get("sort_of_clevr"), predict, config, "test")
+    report = run_records._evaluate(tasks.get("sort_of_clevr"), predict, config, "test")
     assert report.metrics["accuracy"] == pytest.approx(metrics["evaluation"]["test"]["metrics"]["accuracy"])
 
     # Resumed for a fourth, worse epoch: training continues from the last checkpoint, the best stays epoch 2.

@@ -17,7 +17,7 @@ import tensorflow as tf
 from conftest import ROOT, run_tool, tiny_sort_of_clevr_overrides
 from relation_networks import checkpointing
 from relation_networks import config as config_lib
-from relation_networks import training
+from relation_networks import stopping, training
 
 
 def _config(tmp_path, *extra):
@@ -80,20 +80,20 @@ def test_a_readable_state_file_is_left_alone(tmp_path):
 
 
 def test_time_budget_counts_the_seconds_it_is_given():
-    budget = training.TimeBudget(tf.Variable(0.0, dtype=tf.float64), minutes=0.5)
+    budget = stopping.TimeBudget(tf.Variable(0.0, dtype=tf.float64), minutes=0.5)
     budget.add(29.0)
     assert not budget.spent()
     budget.add(1.0)
     assert budget.spent() and budget.used == 30.0
-    assert not training.TimeBudget(tf.Variable(1e9, dtype=tf.float64), minutes=None).spent()
+    assert not stopping.TimeBudget(tf.Variable(1e9, dtype=tf.float64), minutes=None).spent()
     votes = []
-    voted = training.TimeBudget(tf.Variable(0.0, dtype=tf.float64), minutes=1, vote=lambda flag: votes.append(flag) or True)
+    voted = stopping.TimeBudget(tf.Variable(0.0, dtype=tf.float64), minutes=1, vote=lambda flag: votes.append(flag) or True)
     assert voted.spent() and votes == [False]  # another worker is over: this one stops too
 
 
 def test_stop_request_notes_the_first_signal_and_a_second_interrupts():
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    with training.StopRequest() as stop:
+    with stopping.StopRequest() as stop:
         assert not stop.requested
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.1)

@@ -96,6 +96,8 @@ def _answer(server, timeout=None):
 def run_tool(name, *args, env=None, timeout=600):
     """Run `tools/<name>.py` with `args`; return a `subprocess.CompletedProcess` with its text output."""
     script = os.path.join(TOOLS, f"{name}.py")
+    if not os.path.exists(script):  # the diagnostics live in their own folder
+        script = os.path.join(TOOLS, "diagnostics", f"{name}.py")
     command = [script, *map(str, args)]
     server = _start_server()
     with tempfile.TemporaryDirectory() as scratch:

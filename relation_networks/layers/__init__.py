@@ -6,6 +6,7 @@ pairs with `tf.custom_gradient` and refuses other backends with a clear `ValueEr
 data pipelines and the export are TensorFlow (tf.data, tf.distribute, SavedModel, TFLite).
 """
 
+from relation_networks.layers import physics_readouts  # noqa: F401  (registers the physics read-out layers)
 from relation_networks.layers.conv_objects import ConvObjectExtractor, cell_coordinates
 from relation_networks.layers.relation_module import POOLED_AGGREGATIONS, RelationModule
 from relation_networks.layers.relational_memory import RelationalMemory

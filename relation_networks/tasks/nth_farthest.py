@@ -59,7 +59,7 @@ class NthFarthestModel(RelationalMemorySettings):
     # the core receives non-linear features of each vector (its length, say) and not only a linear projection.
     input_mlp_units: typing.List[int] = positive([])
     # rmc / lstm: layer-normalise every step's input (after the input MLP) before the core. At initialisation the
-    # RMC's memory hardly depends on an input of the input MLP's scale (tools/probe_nth_farthest.py
+    # RMC's memory hardly depends on an input of the input MLP's scale (tools/diagnostics/probe_nth_farthest.py
     # --input_dependence; docs/nth_farthest.md).
     input_norm: bool = False
 

@@ -1,6 +1,6 @@
 """How fast a relation module learns Sort-of-CLEVR when the objects are given: the state-description probe.
 
-    python tools/probe_state.py [--config configs/sort_of_clevr.yaml] [--set model.aggregation=sum]
+    python tools/diagnostics/probe_state.py [--config configs/sort_of_clevr.yaml] [--set model.aggregation=sum]
                                 [--set train.learning_rate=1e-3] [--epochs 2] [--json out.json]
                                 [--layout objects|grid|pixels] [--colours red] [--subtypes shape]
 
@@ -18,6 +18,10 @@ at all when no binding to the question's colour is needed.
 
 import time
 
+import os as _os
+import sys as _sys
+
+_sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))  # tools/: _common
 import _common  # noqa: F401
 from absl import app, flags
 

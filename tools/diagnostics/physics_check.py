@@ -1,6 +1,6 @@
 """How visible the connections of the physics scenes are in the ball distances: a check of the simulator settings.
 
-    python tools/physics_check.py [--config configs/physics_connections.yaml] [--set data.stiffness=40]
+    python tools/diagnostics/physics_check.py [--config configs/physics_connections.yaml] [--set data.stiffness=40]
                                   [--scenes 400] [--json out.json]
 
 Simulates `--scenes` scenes with the config's simulation settings (stiffness, damping, frame stride, burn-in) and
@@ -13,6 +13,10 @@ has to beat that baseline to reach the paper's 93%; settings under which it is l
 Last, the share of scenes whose links contain a cycle, for which the number of systems is not `balls - links`.
 """
 
+import os as _os
+import sys as _sys
+
+_sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))  # tools/: _common
 import _common  # noqa: F401
 from absl import app, flags
 

@@ -1,4 +1,4 @@
-"""What the diagnostic tools (`tools/probe_*.py`) compute, kept out of the library: sub-tasks and a baseline rule of
+"""What the diagnostic tools (`tools/diagnostics/probe_*.py`) compute, kept out of the library: sub-tasks and a baseline rule of
 Nth-farthest, how much a layer's output depends on its input, the links a physics counter believes in, linear
 read-outs of encodings, and how bAbI qa16 answers relate to their stories."""
 
@@ -14,7 +14,7 @@ def by_length(data):
     """The answers of a rule that never looks at the reference vector: the n-th longest of the vectors other than
     m, ranking them by their distance from the origin instead of from vector m. `data` as `generate` returns it;
     ids int32 `[num_samples]`. A long vector tends to be far from any other, so the rule scores well above chance
-    with no relation between two vectors computed (`tools/probe_nth_farthest.py --length_rule` scores it)."""
+    with no relation between two vectors computed (`tools/diagnostics/probe_nth_farthest.py --length_rule` scores it)."""
     vectors, reference = data["vectors"], data["reference"]
     rows = np.arange(len(vectors))
     length = np.linalg.norm(vectors, axis=-1)
@@ -27,7 +27,7 @@ SUB_TASKS = ("largest_x", "largest_norm", "reference_sign", "farthest", "full")
 
 
 def sub_task(target, num_samples, seed, num_vectors=8, vector_dim=16, max_vectors=None, max_dim=None):
-    """`(inputs, labels)` for a piece of the task on the task's own inputs (`tools/probe_nth_farthest.py`):
+    """`(inputs, labels)` for a piece of the task on the task's own inputs (`tools/diagnostics/probe_nth_farthest.py`):
 
         largest_x       id of the vector with the largest first coordinate
         largest_norm    id of the longest vector

@@ -1,15 +1,19 @@
 """Which balls a system counter believes are linked, though it was only ever shown the number of systems.
 
-    python tools/probe_physics_links.py --model runs/physics_count_components_lr1e-3 --split test
+    python tools/diagnostics/probe_physics_links.py --model runs/physics_count_components_lr1e-3 --split test
 
 A counter with the components read-out (`model.readout=components`) computes its count from one link probability
-per pair (`relation_networks.tasks.physics.SystemCount`). This tool reads those probabilities on a split's scenes
+per pair (`relation_networks.layers.physics_readouts.SystemCount`). This tool reads those probabilities on a split's scenes
 and scores them against the true connections the simulator recorded -- the labels of connection inference, which
 the counter never saw: pair AUC, the mean probability of linked and unlinked pairs, and with links thresholded at
 0.5 the pairs right, the scenes with every pair right (the paper's connection-inference metric) and the scenes
 whose number of systems the thresholded links get right. `--model` is a run directory or its `.keras` file.
 """
 
+import os as _os
+import sys as _sys
+
+_sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))  # tools/: _common
 import _common  # noqa: F401
 from absl import flags
 

@@ -1,6 +1,6 @@
 """What a bAbI model's sentence and question encoders keep of each word: linear probes.
 
-    python tools/probe_babi.py --model saved_models/babi/1 [--tasks 16,19] [--json out.json]
+    python tools/diagnostics/probe_babi.py --model saved_models/babi/1 [--tasks 16,19] [--json out.json]
 
 For each task, the distinct statements (and questions) of its training file are encoded by the model's sentence
 LSTM (question LSTM), and for every word position (from the start and from the end) a least-squares linear read-out
@@ -14,6 +14,10 @@ pick among the story's colours).
 
 import json
 
+import os as _os
+import sys as _sys
+
+_sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))  # tools/: _common
 import _common  # noqa: F401
 from absl import app, flags
 

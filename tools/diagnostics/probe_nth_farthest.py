@@ -1,6 +1,6 @@
 """Which part of the Nth-farthest task a recurrent model can learn: sub-tasks on the same inputs.
 
-    python tools/probe_nth_farthest.py --config configs/nth_farthest.yaml --target reference_sign \
+    python tools/diagnostics/probe_nth_farthest.py --config configs/nth_farthest.yaml --target reference_sign \
         --set data.num_vectors=4 --set data.vector_dim=2 --set train.learning_rate=1e-3 --steps 1500
 
 Trains the config's model (RMC, LSTM or RN; same layers and optimizer as `tools/train.py` builds) on the task's
@@ -27,7 +27,7 @@ rank: the accuracy a model reaches from each vector's length alone, without rela
 applies) it also reports how often that model's answers agree with the rule's, overall and on the samples where
 the rule is wrong -- where a model that relates the vectors would leave it:
 
-    python tools/probe_nth_farthest.py --length_rule --model runs/nf16x4_rmc120
+    python tools/diagnostics/probe_nth_farthest.py --length_rule --model runs/nf16x4_rmc120
 
 `--input_dependence` trains nothing: it reports how much the untrained recurrent core's final output (the RMC's
 flattened memory, the LSTM's last hidden state) depends on the input -- the share of its variance that is
@@ -36,6 +36,10 @@ across samples, per unit, rather than shared by all samples (the initial memory 
 
 import time
 
+import os as _os
+import sys as _sys
+
+_sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))  # tools/: _common
 import _common  # noqa: F401
 import _probes
 from absl import app, flags

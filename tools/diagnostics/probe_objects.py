@@ -1,6 +1,6 @@
 """How much of each Sort-of-CLEVR object's colour and shape the CNN's cells carry: linear probes.
 
-    python tools/probe_objects.py --run runs/sort_of_clevr [--images 600] [--json out.json]
+    python tools/diagnostics/probe_objects.py --run runs/sort_of_clevr [--images 600] [--json out.json]
 
 Generates `--images` fresh images (seed `--seed`, not the training images), runs the trained model's CNN and the
 same CNN freshly initialised, and fits least-squares linear read-outs, on the first two thirds of the images,
@@ -12,6 +12,10 @@ says the image features, not the relation module, are what is missing.
 
 import json
 
+import os as _os
+import sys as _sys
+
+_sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))  # tools/: _common
 import _common  # noqa: F401
 from absl import app, flags
 
