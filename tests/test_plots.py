@@ -1,5 +1,7 @@
 """The figures drawn for the docs (learning curves, validation against time)."""
 
+import os
+
 from PIL import Image
 
 from relation_networks import plots
@@ -23,3 +25,27 @@ def test_validation_by_time_plots_each_run_against_minutes(tmp_path, monkeypatch
                                     "equal budgets")
     assert drawn == {"A": [(1.0, 0.4), (2.5, 0.7)], "B": [(0.5, 0.5), (2.0, 0.6)]}  # a run with no epochs: no line
     assert Image.open(path).size == (720, 420)
+
+
+def test_visualize_overlays_the_cell_weights_on_the_image_with_a_colour_scale():
+    import sys
+
+    import numpy as np
+
+    from conftest import ROOT
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import visualize
+
+    image = np.full((75, 75, 3), 255, np.uint8)
+    image[:15, :15] = (0, 255, 0)  # an object in the first cell
+    weights = np.zeros(25)
+    weights[12] = 0.9  # the centre cell carries the answer
+    weights[0] = 0.1
+    out = visualize.overlay(image, weights, 150).astype(int)
+    centre, corner, empty = out[75, 75], out[5, 5], out[5, 145]
+    assert centre[0] > 150 and centre[2] < 100  # red where the weight is largest
+    assert corner[1] > 100  # the object shows through its lightly tinted cell
+    assert empty[2] > empty[0]  # blue where the weight is zero; the white background is still blended in
+    bar = visualize.colour_scale(100)
+    assert bar.shape == (100, 14, 3) and tuple(bar[0, 0]) == (255, 0, 0) and tuple(bar[-1, 0]) == (0, 0, 255)

@@ -9,7 +9,8 @@ connections model), or the true and predicted number of systems (a counting mode
 
 Sort-of-CLEVR models:
 For each of `--num` test images, one PNG: the image (upscaled), each shown question in words with the true and
-predicted answer, and beside it a heat map over the CNN's object cells. A cell's weight is the share of the
+predicted answer, and beside each the image with a heat map over the CNN's object cells laid on it, with its
+colour scale (labelled with the largest cell's share). A cell's weight is the share of the
 predicted answer's logit carried by the pair relations it takes part in: each pair's `g_theta` output is projected
 on the gradient of that logit with respect to that relation (a first-order attribution through the layer's own
 aggregation and `f_phi`; with a maximum over the pairs, only the pairs that hold a maximum carry any), and a cell
@@ -58,35 +59,68 @@ def cell_weights(model, images, questions):
     return logits.numpy(), cells
 
 
-def render(image, items, scale, path):
-    """`items`: [(question text, true, predicted, cell weights [N])]."""
+def heat_colours(values):
+    """Colours `[..., 3]` uint8 for values in [0, 1]: blue (0) through purple to red (1)."""
     import numpy as np
+
+    v = np.clip(values, 0.0, 1.0)
+    return np.stack([255 * v, np.zeros_like(v), 255 * (1 - v)], axis=-1).astype(np.uint8)
+
+
+def overlay(image, weights, size):
+    """The image resized to `size` x `size` with the cell weights laid over it: each cell tinted by `heat_colours`
+    of its weight relative to the largest, more opaque the larger the weight (alpha 0.15 to 0.75), so the
+    objects stay visible under the cells that carry the answer. Returns `[size, size, 3]` uint8."""
+    import numpy as np
+    from PIL import Image
+
+    d = int(round(len(weights) ** 0.5))
+    relative = (weights / max(float(weights.max()), 1e-12)).reshape(d, d)
+    cells = np.asarray(Image.fromarray((relative * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)) / 255.0
+    base = np.asarray(Image.fromarray(image).resize((size, size), Image.NEAREST)).astype(np.float64)
+    alpha = (0.15 + 0.6 * cells)[..., None]
+    return (base * (1 - alpha) + heat_colours(cells).astype(np.float64) * alpha).round().astype(np.uint8)
+
+
+def colour_scale(height, width=14):
+    """A vertical colour bar `[height, width, 3]`: the top is the largest cell weight, the bottom none."""
+    import numpy as np
+
+    column = heat_colours(np.linspace(1.0, 0.0, height))
+    return np.repeat(column[:, None, :], width, axis=1)
+
+
+def render(image, items, scale, path):
+    """`items`: [(question text, true, predicted, cell weights [N])]. Per question: the image with the cell weights
+    overlaid (`overlay`), a colour scale labelled with the largest cell's share, the question and the answers."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
     size = image.shape[0] * scale
-    big = Image.fromarray(image).resize((size, size), Image.NEAREST)
-    row_height = size // 2 + 40
-    canvas = Image.new("RGB", (size + 20 + (size // 2 + 20) * 1 + 420, max(size, row_height * len(items)) + 20), "white")
-    canvas.paste(big, (10, 10))
+    tile = size // 2
+    row_height = tile + 40
+    canvas = Image.new("RGB", (size + 20 + tile + 80 + 420, max(size, row_height * len(items)) + 20), "white")
+    canvas.paste(Image.fromarray(image).resize((size, size), Image.NEAREST), (10, 10))
     draw = ImageDraw.Draw(canvas)
     for k, (text, truth, predicted, weights) in enumerate(items):
-        d = int(round(len(weights) ** 0.5))
-        heat = (weights.reshape(d, d) / max(weights.max(), 1e-12) * 255).astype(np.uint8)
-        colored = np.stack([heat, np.zeros_like(heat), 255 - heat], axis=-1)  # blue (little) -> red (most)
-        tile = Image.fromarray(colored).resize((size // 2, size // 2), Image.NEAREST)
         x0, y0 = size + 20, 10 + k * row_height
-        canvas.paste(tile, (x0, y0))
+        canvas.paste(Image.fromarray(overlay(image, weights, tile)), (x0, y0))
+        d = int(round(len(weights) ** 0.5))
         for i in range(1, d):  # grid lines show the cells = objects
-            step = size // 2 / d
-            draw.line([x0 + i * step, y0, x0 + i * step, y0 + size // 2], fill="white")
-            draw.line([x0, y0 + i * step, x0 + size // 2, y0 + i * step], fill="white")
-        tx = x0 + size // 2 + 15
+            step = tile / d
+            draw.line([x0 + i * step, y0, x0 + i * step, y0 + tile], fill="white")
+            draw.line([x0, y0 + i * step, x0 + tile, y0 + i * step], fill="white")
+        bar_x = x0 + tile + 6
+        canvas.paste(Image.fromarray(colour_scale(tile)), (bar_x, y0))
+        draw.text((bar_x + 18, y0), f"{100 * float(weights.max()):.0f}%", fill="black", font=font)
+        draw.text((bar_x + 18, y0 + tile - 10), "0%", fill="black", font=font)
+        tx = bar_x + 60
         ok = truth == predicted
         draw.text((tx, y0 + 4), text, fill="black", font=font)
         draw.text((tx, y0 + 24), f"true: {truth}", fill="black", font=font)
         draw.text((tx, y0 + 44), f"predicted: {predicted}", fill=(0, 128, 0) if ok else (200, 0, 0), font=font)
         draw.text((tx, y0 + 64), "right" if ok else "WRONG", fill=(0, 128, 0) if ok else (200, 0, 0), font=font)
+        draw.text((tx, y0 + 84), "cells: share of the answer's attribution", fill=(90, 90, 90), font=font)
     canvas.save(path)
 
 
