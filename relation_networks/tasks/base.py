@@ -1,4 +1,21 @@
-"""The interface every task implements; the trainer, evaluator and exporter only talk to this."""
+"""The interface every task implements; the trainer, evaluator and exporter only talk to this.
+
+The contract, in short:
+
+- A task is a `Task` subclass registered by name (`relation_networks.registry.register`), with `name`, its
+  `data_config` and `model_config` dataclasses (the `data:` and `model:` sections of a YAML config, checked when the
+  config loads: field types, `bounded`/`choice` metadata and the dataclass's own `__post_init__`), and `splits`.
+- It must implement `num_examples`, `dataset`, `build_model` and `evaluate`; everything else has a default:
+  `prepare` (generate or preprocess data once), grouped training elements (`training_dataset`,
+  `training_group_size`, `training_forward`), `loss` / `correct` (softmax cross-entropy, argmax), the serving
+  outputs, answer names, input bounds and assets, symmetries and the paper's numbers.
+- Conventions the trainer and the tools read from a config, by name and only where present:
+  `config.model.type` (the model's kind, in logs, metrics.json and model cards), `config.data.dir` (the data's
+  directory; made relative in an exported config.yaml), and `config.run_dir` (where a task keeps files that belong
+  to the model, e.g. a vocabulary, so that an exported or evaluated model reads the same one).
+- Keys of `config.train` are the trainer's (`relation_networks.config.TrainConfig`); a task reads `train.shuffle`,
+  `train.init_from` or `train.eval_splits` at most.
+"""
 
 import numpy as np
 import tensorflow as tf
