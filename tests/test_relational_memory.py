@@ -193,6 +193,26 @@ def test_numpy_integer_arguments_give_a_plain_config():
     assert cell.state_size == cell.output_size == 12
 
 
+def test_sonnets_ranking_counts_from_the_nearest_with_the_reference_first():
+    """`ranking="nearest_with_reference"`, recomputed sample by sample: rank 0 asks for m itself, rank k for the
+    k-th nearest other vector; the rank one-hot is k."""
+    from relation_networks.data import nth_farthest as nf
+
+    data = nf.generate(400, 3, num_vectors=5, vector_dim=3, ranking="nearest_with_reference")
+    assert set(data["rank"]) == {0, 1, 2, 3, 4}
+    for s in range(400):
+        m, k = data["reference"][s], data["rank"][s]
+        distances = [float(np.sqrt(np.sum((data["vectors"][s, j] - data["vectors"][s, m]) ** 2))) for j in range(5)]
+        others = sorted((d, j) for j, d in enumerate(distances) if j != m)
+        expected = m if k == 0 else others[k - 1][1]
+        assert data["answers"][s] == data["ids"][s, expected]
+        assert data["inputs"][s, 0, 3 + 2 * 5 + k] == 1.0  # [vector (3), id one-hot, m one-hot, rank one-hot]
+    default = nf.generate(400, 3, num_vectors=5, vector_dim=3)
+    assert set(default["rank"]) == {1, 2, 3, 4}
+    with pytest.raises(ValueError, match="ranking must be one of"):
+        nf.generate(1, 0, ranking="closest")
+
+
 @pytest.mark.parametrize("max_vectors", [None, 11])
 def test_nth_farthest_answers_by_independent_computation(max_vectors):
     """Answers and inputs recomputed one sample at a time; with `max_vectors` larger than the number of vectors the

@@ -37,6 +37,9 @@ class NthFarthestData:
     test_size: int = positive(10_000)
     # Validation and test samples come from these fixed seeds; training samples from the run's seed and the epoch
     # (seed * EPOCH_SEED_STRIDE + epoch, a few hundred thousand at most), which these large primes stay clear of.
+    # "farthest" (default): rank 1 = the farthest from m, m excluded. "nearest_with_reference": Sonnet's variant,
+    # rank 0 = m itself, then nearest first -- its figures compare with Sonnet's and L0SG's.
+    ranking: str = choice("farthest", nf.RANKINGS)
     val_seed: int = seed_field(VAL_SEED)
     test_seed: int = seed_field(TEST_SEED)
 
@@ -122,7 +125,8 @@ class NthFarthest(Task):
         if split not in sizes:
             raise DataError(f"Unknown nth_farthest split {split!r}; expected train, val or test.")
         seed = {"train": seed, "val": d.val_seed, "test": d.test_seed}[split]
-        return nf.generate(sizes[split], seed, d.num_vectors, d.vector_dim, id_width(d), vector_width(d))
+        return nf.generate(sizes[split], seed, d.num_vectors, d.vector_dim, id_width(d), vector_width(d),
+                           ranking=d.ranking)
 
     def num_examples(self, config, split):
         return {"train": config.data.train_size, "val": config.data.val_size, "test": config.data.test_size}[split]
