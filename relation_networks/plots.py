@@ -1,4 +1,5 @@
-"""Small Pillow-only figures: learning curves from a run's logs (no plotting library needed)."""
+"""Small Pillow-only figures: learning curves from a run's logs (no plotting library needed), and relation heat
+maps laid over images (tools/visualize.py)."""
 
 import glob
 import os
@@ -89,3 +90,37 @@ def validation_by_time(path, runs, title, metric="accuracy"):
         if points:
             series[label] = points
     return line_plot(path, series, title, x_label="minutes of training", y_label=f"val {metric}")
+
+
+# -- relation heat maps over images (tools/visualize.py) ---------------------------------------------------------
+
+
+def heat_colours(values):
+    """Colours `[..., 3]` uint8 for values in [0, 1]: blue (0) through purple to red (1)."""
+    import numpy as np
+
+    v = np.clip(values, 0.0, 1.0)
+    return np.stack([255 * v, np.zeros_like(v), 255 * (1 - v)], axis=-1).astype(np.uint8)
+
+
+def overlay(image, weights, size):
+    """The image resized to `size` x `size` with the cell weights laid over it: each cell tinted by `heat_colours`
+    of its weight relative to the largest, more opaque the larger the weight (alpha 0.15 to 0.75), so the
+    objects stay visible under the cells that carry the answer. Returns `[size, size, 3]` uint8."""
+    import numpy as np
+    from PIL import Image
+
+    d = int(round(len(weights) ** 0.5))
+    relative = (weights / max(float(weights.max()), 1e-12)).reshape(d, d)
+    cells = np.asarray(Image.fromarray((relative * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)) / 255.0
+    base = np.asarray(Image.fromarray(image).resize((size, size), Image.NEAREST)).astype(np.float64)
+    alpha = (0.15 + 0.6 * cells)[..., None]
+    return (base * (1 - alpha) + heat_colours(cells).astype(np.float64) * alpha).round().astype(np.uint8)
+
+
+def colour_scale(height, width=14):
+    """A vertical colour bar `[height, width, 3]`: the top is the largest cell weight, the bottom none."""
+    import numpy as np
+
+    column = heat_colours(np.linspace(1.0, 0.0, height))
+    return np.repeat(column[:, None, :], width, axis=1)

@@ -1,7 +1,5 @@
 """The figures drawn for the docs (learning curves, validation against time)."""
 
-import os
-
 from PIL import Image
 
 from relation_networks import plots
@@ -28,14 +26,9 @@ def test_validation_by_time_plots_each_run_against_minutes(tmp_path, monkeypatch
 
 
 def test_visualize_overlays_the_cell_weights_on_the_image_with_a_colour_scale():
-    import sys
-
     import numpy as np
 
-    from conftest import ROOT
-
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import visualize
+    visualize = plots
 
     image = np.full((75, 75, 3), 255, np.uint8)
     image[:15, :15] = (0, 255, 0)  # an object in the first cell
