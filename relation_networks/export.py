@@ -22,7 +22,6 @@ Loading and running exported models is `relation_networks.serving`; the model ca
 (`tools/export.py` writes one from the run's records).
 """
 
-import json
 import os
 import shutil
 

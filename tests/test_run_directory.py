@@ -2,7 +2,6 @@
 a corrupt model file is reported as such, operating-system faults are one message."""
 
 import errno
-import json
 import os
 import subprocess
 import sys

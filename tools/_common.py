@@ -76,6 +76,13 @@ def write_output(path, text):
         raise UserError(f"Cannot write {path}: {e.strerror or e}. Choose a writable path.") from None
 
 
+def write_json(path, obj):
+    """`write_output` of `obj` as indented JSON."""
+    import json
+
+    write_output(path, json.dumps(obj, indent=2) + "\n")
+
+
 def check_output_file(path, flag):
     """Fail at once, before any work, when the file `path` of `flag` could not be written."""
     directory = os.path.dirname(os.path.abspath(path))

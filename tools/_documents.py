@@ -74,20 +74,6 @@ def experiment_of(run_dir, directory="experiments"):
     return None
 
 
-def run_in_batches(runner, features, batch_size):
-    if batch_size is None:
-        return runner(features)
-    n = len(next(iter(features.values())))
-    parts = [runner({k: v[i : i + batch_size] for k, v in features.items()}) for i in range(0, n, batch_size)]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def to_instances(features):
-    """Features dict of batched arrays -> TF Serving REST `instances` (a list of per-example dicts)."""
-    n = len(next(iter(features.values())))
-    return [{k: np.asarray(v[i]).tolist() for k, v in features.items()} for i in range(n)]
-
-
 def write_serving_doc(out_root, path, saved_models_url="saved_models"):
     """(Re)generate docs/SERVING.md from the exported models under `out_root` (their signature.json and
     example_request.json), so the documented requests are real ones."""

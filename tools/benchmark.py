@@ -263,8 +263,6 @@ def main(argv):
     from relation_networks.machine import hardware
 
     if FLAGS.report_only:
-        from relation_networks.io import write_markdown_section
-
         with open(FLAGS.out) as f:
             _write_section(json.load(f))
         return

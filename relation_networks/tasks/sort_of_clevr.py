@@ -1,7 +1,6 @@
 """Sort-of-CLEVR from pixels (paper section 5.3, appendix D): CNN+RN and the CNN+MLP baseline."""
 
 import dataclasses
-import json
 import os
 import typing
 

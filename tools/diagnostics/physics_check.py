@@ -17,7 +17,7 @@ import os as _os
 import sys as _sys
 
 _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))  # tools/: _common
-import _common  # noqa: F401
+import _common
 from absl import app, flags
 
 FLAGS = flags.FLAGS
@@ -92,9 +92,7 @@ def main(argv):
     print(f"distance-threshold baseline: scenes with all connections right {100 * baseline['scenes_all_correct']:.1f}% "
           f"(threshold {baseline['threshold']:.4f}, chosen on these scenes)")
     if FLAGS.json:
-        from relation_networks.io import atomic_write_json
-
-        atomic_write_json(FLAGS.json, report)
+        _common.write_json(FLAGS.json, report)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import os as _os
 import sys as _sys
 
 _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))  # tools/: _common
-import _common  # noqa: F401
+import _common
 from absl import app, flags
 
 FLAGS = flags.FLAGS
@@ -100,9 +100,7 @@ def main(argv):
         for name, share in shares.items():
             print(f"  {name.replace('_', ' '):<28}{100 * share:6.1f}%")
     if FLAGS.json:
-        from relation_networks.io import atomic_write_json
-
-        atomic_write_json(FLAGS.json, json.loads(json.dumps(scores)))
+        _common.write_json(FLAGS.json, json.loads(json.dumps(scores)))
 
 
 if __name__ == "__main__":

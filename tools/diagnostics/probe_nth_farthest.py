@@ -40,7 +40,7 @@ import os as _os
 import sys as _sys
 
 _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))  # tools/: _common
-import _common  # noqa: F401
+import _common
 import _probes
 from absl import app, flags
 
@@ -71,7 +71,6 @@ def main(argv):
     from relation_networks import precision, tasks, training
     from relation_networks.errors import UserError
     from _probes import input_dependent_share
-    from relation_networks.io import atomic_write_json
     from relation_networks.tasks.nth_farthest import build_model, id_width, vector_width
 
     predict = None
@@ -107,7 +106,7 @@ def main(argv):
         print(f"{config.model.type}: input-dependent share of the untrained core's output variance: {100 * share:.1f}% "
               f"({FLAGS.val_samples} validation inputs, seed {FLAGS.seed})")
         if FLAGS.json:
-            atomic_write_json(FLAGS.json, {"model": config.model.type, "input_dependent_share": share,
+            _common.write_json(FLAGS.json, {"model": config.model.type, "input_dependent_share": share,
                                            "seed": FLAGS.seed, "overrides": FLAGS.set})
         return
     guess = np.bincount(val_y).max() / len(val_y)
@@ -126,7 +125,7 @@ def main(argv):
         print(f"step {done:>6}  {rows[-1]['seconds']:>7.0f} s  loss {rows[-1]['loss']:.3f}  "
               f"validation {100 * accuracy:.1f}%", flush=True)
     if FLAGS.json:
-        atomic_write_json(FLAGS.json, {"model": config.model.type, "target": FLAGS.target, "guess": guess,
+        _common.write_json(FLAGS.json, {"model": config.model.type, "target": FLAGS.target, "guess": guess,
                                        "seed": FLAGS.seed, "overrides": FLAGS.set,
                                        "precision": policy, "rows": rows})
 
@@ -136,8 +135,6 @@ def _score_length_rule(config, predict=None):
     with `predict`, also the model's accuracy and its agreement with the rule."""
     from relation_networks import tasks
     from relation_networks.evaluation import grouped_accuracy
-    from relation_networks.io import atomic_write_json
-
     d, task = config.data, tasks.get(config.task)
     report = {"rule": "length", "num_vectors": d.num_vectors, "vector_dim": d.vector_dim, "model": FLAGS.model,
               "overrides": FLAGS.set}
@@ -161,7 +158,7 @@ def _score_length_rule(config, predict=None):
                   f"{100 * scores['model']['agrees_with_rule_where_it_is_wrong']:.1f}% of the {wrong.sum():,} "
                   f"where the rule is wrong")
     if FLAGS.json:
-        atomic_write_json(FLAGS.json, report)
+        _common.write_json(FLAGS.json, report)
 
 
 if __name__ == "__main__":

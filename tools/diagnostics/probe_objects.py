@@ -10,13 +10,12 @@ from the feature vector of the cell holding each object's centre to (a) the obje
 says the image features, not the relation module, are what is missing.
 """
 
-import json
 
 import os as _os
 import sys as _sys
 
 _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))  # tools/: _common
-import _common  # noqa: F401
+import _common
 from absl import app, flags
 
 FLAGS = flags.FLAGS
@@ -108,9 +107,7 @@ def main(argv):
         print(f"{name:12}{100 * s['colour_accuracy_object_cells']:23.1f}%{100 * s['colour_accuracy_all_cells']:19.1f}%"
               f"{100 * s['shape_accuracy_object_cells']:7.1f}%")
     if FLAGS.json:
-        from relation_networks.io import atomic_write_json
-
-        atomic_write_json(FLAGS.json, scores)
+        _common.write_json(FLAGS.json, scores)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import os as _os
 import sys as _sys
 
 _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))  # tools/: _common
-import _common  # noqa: F401
+import _common
 from absl import flags
 
 FLAGS = flags.FLAGS
@@ -30,7 +30,6 @@ def main(argv):
     del argv
     from relation_networks import serving, tasks
     from relation_networks.errors import UserError
-    from relation_networks.io import atomic_write_json
     from _probes import implied_links, link_metrics
 
     config, model, _ = serving.load_keras_predictor(FLAGS.model, FLAGS.set)
@@ -46,7 +45,7 @@ def main(argv):
           f"{100 * metrics['scenes_all_correct']:.1f}% of scenes with every pair right, "
           f"{100 * metrics['count_from_links']:.1f}% with the number of systems right")
     if FLAGS.json:
-        atomic_write_json(FLAGS.json, {"model": FLAGS.model, "split": FLAGS.split, "scenes": len(balls), **metrics})
+        _common.write_json(FLAGS.json, {"model": FLAGS.model, "split": FLAGS.split, "scenes": len(balls), **metrics})
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import os as _os
 import sys as _sys
 
 _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))  # tools/: _common
-import _common  # noqa: F401
+import _common
 from absl import app, flags
 
 FLAGS = flags.FLAGS
@@ -173,9 +173,7 @@ def main(argv):
         fit(feed(train_x), train_y, seed=FLAGS.seed * EPOCH_SEED_STRIDE + epoch, on_step=every_k_steps)
         score(epoch, epoch * steps_per_epoch)
     if FLAGS.json:
-        from relation_networks.io import atomic_write_json
-
-        atomic_write_json(FLAGS.json, {"layout": FLAGS.layout, "objects": None if pixels else int(train_x[0].shape[1]),
+        _common.write_json(FLAGS.json, {"layout": FLAGS.layout, "objects": None if pixels else int(train_x[0].shape[1]),
                                        "model": m.type, "colours": FLAGS.colours, "subtypes": FLAGS.subtypes,
                                        "training_questions": int(len(train_y)),
                                        "aggregation": m.aggregation, "learning_rate": config.train.learning_rate,
