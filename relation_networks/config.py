@@ -294,7 +294,7 @@ def from_dict(raw, where="<config>"):
             f"{where}: 'train.keep_best' ({train.keep_best!r}) needs the validation split: add 'val' to "
             f"train.eval_splits (now {train.eval_splits})."
         )
-    return ExperimentConfig(
+    config = ExperimentConfig(
         task=raw["task"],
         data=_from_dict(task.data_config, raw.get("data"), "data", where),
         model=_from_dict(task.model_config, raw.get("model"), "model", where),
@@ -302,6 +302,11 @@ def from_dict(raw, where="<config>"):
         seed=_seed(raw.get("seed", 0), where),
         run_dir=_convert(raw.get("run_dir"), typing.Optional[str], "run_dir", where),
     )
+    metrics = task.metric_names(config)
+    if train.keep_best is not None and metrics is not None and train.keep_best not in metrics:
+        raise ConfigError(f"{where}: 'train.keep_best' ({train.keep_best!r}) is not a validation metric of task "
+                          f"{raw['task']!r} with this config; its metrics are: {', '.join(metrics)}.")
+    return config
 
 
 def read_yaml(path, error=ConfigError, what="Config file"):

@@ -111,6 +111,8 @@ def test_save_round_trip(tmp_path):
         ("data.min_distance_gap=30", r"'data.min_distance_gap' must be at most 6.0"),
         ("data.group_questions=3", r"'data.group_questions' must divide the 20 questions"),
         ("train.eval_splits=[val, tset]", r"'train.eval_splits' names \['tset'\], which task 'sort_of_clevr' does not"),
+        ("train.keep_best=acuracy", r"'train.keep_best' \('acuracy'\) is not a validation metric of task "
+                                    r"'sort_of_clevr' with this config; its metrics are: accuracy, non_relational"),
     ],
 )
 def test_out_of_range_values_are_refused_when_the_config_loads(tmp_path, override, message):

@@ -111,7 +111,12 @@ def test_a_run_stopped_inside_an_epoch_offers_its_last_model(tmp_path, monkeypat
 
 
 def test_unknown_metric_is_one_clear_error_that_keeps_the_checkpoint(tmp_path):
-    config = _config(tmp_path, "train.epochs=2", "train.keep_best=acuracy")
+    with pytest.raises(config_lib.ConfigError, match=r"keep_best' \('acuracy'\) is not a validation metric"):
+        _config(tmp_path, "train.epochs=2", "train.keep_best=acuracy")  # refused when the config loads
+    assert not os.path.exists(tmp_path / "run")
+    # A task that cannot name its metrics before an evaluation: the trainer refuses at the first validation.
+    config = _config(tmp_path, "train.epochs=2", "train.keep_best=accuracy")
+    config.train.keep_best = "acuracy"
     with pytest.raises(UserError, match=r"keep_best='acuracy' is not a validation metric.*accuracy"):
         training.train(config, log=lambda *a: None)
     assert tf.train.latest_checkpoint(os.path.join(config.run_dir, "checkpoints")).endswith(f"-{STEPS_PER_EPOCH}")

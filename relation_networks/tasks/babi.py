@@ -311,6 +311,9 @@ class Babi(Task):
         in_split_order[order] = logits
         return features, answers, in_split_order
 
+    def metric_names(self, config):
+        return ["accuracy", "mean_task_accuracy"]
+
     def evaluate(self, predict_fn, config, split, batch_size=256):
         features, labels, logits = self.predictions(predict_fn, config, split, batch_size)
         tasks_of = self.encoded(config, split)["task"]

@@ -197,6 +197,11 @@ class Task:
 
         return predict
 
+    def metric_names(self, config):
+        """The headline metrics `evaluate` reports for this config (what `train.keep_best` may name), or None when
+        they are not known before an evaluation (then `keep_best` is checked at the first one)."""
+        return None
+
     def paper_results(self, config):
         """The paper's results for this config's model, keyed like the report's metrics and groups."""
         return {}

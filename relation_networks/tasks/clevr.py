@@ -243,6 +243,9 @@ class Clevr(Task):
     def paper_results(self, config):
         return dict(PAPER_PIXELS if config.model.type == "pixels" else PAPER_STATE)
 
+    def metric_names(self, config):
+        return ["accuracy"]
+
     def evaluate(self, predict_fn, config, split, batch_size=256):
         if not self.ensure_split(config, split)["has_answers"]:
             raise DataError(f"The CLEVR {split} split has no answers: it can only be predicted "

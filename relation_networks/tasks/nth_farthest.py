@@ -150,6 +150,9 @@ class NthFarthest(Task):
         paper_instance = (config.data.num_vectors, config.data.vector_dim) == (8, 16)
         return {"accuracy": 0.91} if config.model.type == "rmc" and paper_instance else {}
 
+    def metric_names(self, config):
+        return ["accuracy"]
+
     def evaluate(self, predict_fn, config, split, batch_size=256):
         features, labels, logits = self.predictions(predict_fn, config, split, batch_size)
         rank = self.samples(config, split)["rank"]

@@ -261,6 +261,11 @@ class Physics(Task):
             return {}
         return {"scenes_all_correct": 0.93} if config.data.target == "connections" else {"accuracy": 0.95}
 
+    def metric_names(self, config):
+        if config.data.target == "connections":
+            return ["scenes_all_correct", "pair_accuracy", "count_from_connections"]
+        return ["accuracy"]
+
     def evaluate(self, predict_fn, config, split, batch_size=256):
         _, labels, logits = self.predictions(predict_fn, config, split, batch_size)
         n = config.data.num_balls

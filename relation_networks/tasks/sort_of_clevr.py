@@ -283,6 +283,9 @@ class SortOfClevr(Task):
             return {"relational": 0.94, "non_relational": 0.94}  # paper: "> 94%" on both
         return {"relational": 0.63, "closest_furthest": 0.523}
 
+    def metric_names(self, config):
+        return ["accuracy", "non_relational", "relational", "closest_furthest"]
+
     def evaluate(self, predict_fn, config, split, batch_size=256):
         features, labels, logits = self.predictions(predict_fn, config, split, batch_size)
         correct = logits.argmax(-1) == labels
