@@ -80,3 +80,30 @@ def test_train_runs_the_stages_in_order_and_the_report_reads_the_run_then_its_ar
     again = run_tool("reproduce", str(path))
     assert again.returncode == 0 and f"accuracy {100 * accuracy:.1f}%" in again.stdout
     assert f"archived in {tmp_path / 'archive' / 'demo'}" in again.stdout
+
+
+def test_a_run_archived_with_its_checkpoint_resumes_where_it_stopped_on_another_machine(tmp_path):
+    overrides = tiny_sort_of_clevr_overrides(str(tmp_path / "data")) + ["train.eval_splits=[val]"]
+    run_dir = str(tmp_path / "runs" / "long")
+    experiment = {"title": "long", "split": "val", "runs": [
+        {"name": "tiny RN", "config": "configs/sort_of_clevr.yaml", "run_dir": run_dir,
+         "stages": [overrides + ["train.epochs=2", "train.max_steps=30"]],
+         "archive": str(tmp_path / "archive" / "long")}]}
+    path = tmp_path / "long.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(experiment))
+    first = run_tool("reproduce", str(path), "--train", "--archive_checkpoint")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resume = tmp_path / "archive" / "long" / "resume"
+    assert sorted(os.listdir(resume / "checkpoints"))[0] == "checkpoint" and (resume / "metrics.json").exists()
+    shutil.rmtree(run_dir)  # another machine: the run directory is gone, its archive came with the repository
+
+    experiment["runs"][0]["stages"] = [overrides + ["train.epochs=2"]]  # now to the end
+    path.write_text(yaml.safe_dump(experiment))
+    second = run_tool("reproduce", str(path), "--train")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "the run resumes there" in second.stdout and "at step 30" in second.stdout  # not from step 0
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["complete"] and metrics["step"] == 2 * (48 * 20 // 32)

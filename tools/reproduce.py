@@ -18,7 +18,10 @@ stages (the `--set` overrides of one `tools/train.py` call each, run in order, e
         launch: both cores                   # optional: how it was run, for the reader
 
 A run whose directory is gone (runs/ is not versioned) is reported from its archive; `--archive` copies each
-finished run's metrics.json and config.yaml there. `--out FILE` writes the report into FILE between
+finished run's metrics.json and config.yaml there. `--archive_checkpoint` also keeps what the run needs to go on
+(its newest checkpoint, `best/` and metrics.json, in `<archive>/resume/`, for a run stopped by a signal or a time
+limit too): `--train` on a machine without the run directory then resumes the run from there, so a training
+longer than one machine's stay continues where it stopped. `--out FILE` writes the report into FILE between
 `<!-- <experiment>:start -->` and `<!-- <experiment>:end -->` markers instead of printing it.
 """
 
@@ -78,8 +81,50 @@ def commands(run, extra=()):
              *[a for o in list(stage) + list(extra) for a in ("--set", str(o))]] for stage in run["stages"]]
 
 
+RESUME_DIR = "resume"  # in an archive: the state a run resumes from (see archive_checkpoint)
+
+
+def restore_from_archive(run, log=print):
+    """Copy an archived resume state into a run directory that has no checkpoint; True if it did."""
+    source = run.get("archive") and os.path.join(ROOT, run["archive"], RESUME_DIR)
+    target = os.path.join(ROOT, run["run_dir"])
+    if not source or not os.path.isdir(source) or os.path.isdir(os.path.join(target, "checkpoints")):
+        return False
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    log(f"restored {run['run_dir']} from {os.path.join(run['archive'], RESUME_DIR)}: the run resumes there")
+    return True
+
+
+def archive_checkpoint(run):
+    """Keep the run's newest checkpoint (with a state file naming it), `best/` and metrics.json in
+    `<archive>/resume/`, replacing an older one; True if there was a checkpoint to keep."""
+    import tensorflow as tf
+
+    directory = os.path.join(ROOT, run["run_dir"])
+    latest = tf.train.latest_checkpoint(os.path.join(directory, "checkpoints"))
+    if not run.get("archive") or latest is None:
+        return False
+    target = os.path.join(ROOT, run["archive"], RESUME_DIR)
+    staging = target + ".tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(os.path.join(staging, "checkpoints"))
+    name = os.path.basename(latest)
+    for file in os.listdir(os.path.dirname(latest)):
+        if file.startswith(name + "."):
+            shutil.copyfile(os.path.join(os.path.dirname(latest), file), os.path.join(staging, "checkpoints", file))
+    with open(os.path.join(staging, "checkpoints", "checkpoint"), "w") as f:
+        f.write(f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
+    if os.path.isdir(os.path.join(directory, "best")):
+        shutil.copytree(os.path.join(directory, "best"), os.path.join(staging, "best"))
+    shutil.copyfile(os.path.join(directory, "metrics.json"), os.path.join(staging, "metrics.json"))
+    shutil.rmtree(target, ignore_errors=True)
+    os.rename(staging, target)
+    return True
+
+
 def train(experiment, extra=(), log=print):
     for run in experiment["runs"]:
+        restore_from_archive(run, log=log)
         for command in commands(run, extra):
             log("$ " + shlex.join(command[1:]))
             if subprocess.run(command, cwd=ROOT).returncode != 0:
@@ -181,10 +226,12 @@ def main(argv):
         return
     if FLAGS.train:
         train(experiment, FLAGS.set)
-    if FLAGS.archive:
+    if FLAGS.archive or FLAGS.archive_checkpoint:
         for run in experiment["runs"]:
-            if archive(run):
+            if FLAGS.archive and archive(run):
                 print(f"archived {run['run_dir']} in {run['archive']}")
+            if FLAGS.archive_checkpoint and archive_checkpoint(run):
+                print(f"kept the resume state of {run['run_dir']} in {run['archive']}/{RESUME_DIR}")
     if FLAGS.figures:
         draw_figures(experiment, FLAGS.figures)
     text = report(experiment, FLAGS.figures, FLAGS.out)
@@ -201,6 +248,8 @@ def define_flags():
     flags.DEFINE_bool("train", False, "Train every run's stages first (each resumes from its run directory).")
     flags.DEFINE_bool("dry_run", False, "Print the training commands and stop.")
     flags.DEFINE_bool("archive", False, "Copy each finished run's metrics.json and config.yaml to its archive.")
+    flags.DEFINE_bool("archive_checkpoint", False, "Also keep each run's newest checkpoint, best/ and metrics.json in "
+                      "<archive>/resume/, from which --train resumes a run whose directory is gone.")
     flags.DEFINE_string("out", None, "Write the report into this Markdown file (its section for the experiment).")
     flags.DEFINE_multi_string("set", [], "Extra --set overrides appended to every stage (e.g. a smaller budget).")
     flags.DEFINE_string("figures", None, "Draw each run's learning curve from its TensorBoard logs into this directory "
