@@ -51,7 +51,10 @@ def restore_latest(checkpoint, manager, log=print):
     but none can be read (usually: the config changed the model; use a new run directory).
     """
     errors = []
-    for path in reversed(manager.checkpoints):
+    # A state file without timestamps (written by hand, or by another tool) leaves `manager.checkpoints` empty
+    # although it names a checkpoint: that one is restored too, rather than training again from step 0.
+    paths = list(manager.checkpoints) or ([manager.latest_checkpoint] if manager.latest_checkpoint else [])
+    for path in reversed(paths):
         try:
             checkpoint.read(path).assert_existing_objects_matched()
             return path
@@ -60,7 +63,7 @@ def restore_latest(checkpoint, manager, log=print):
             log(f"WARNING: checkpoint {path} could not be restored ({first_line}); trying the previous one.")
             errors.append(first_line)
     if errors:
-        if _old_optimizer_layout(manager.checkpoints[-1]):
+        if _old_optimizer_layout(paths[-1]):
             raise UserError(
                 f"The checkpoints in {manager.directory} hold the optimizer in the layout used before its state was "
                 "saved by name (so that a resume may change the learning rate), which this version cannot resume. "

@@ -167,3 +167,17 @@ def test_validation_every_n_steps_and_the_final_evaluation_reach_tensorboard(tmp
     assert scalars("val")["loss"] == scalars("val")["accuracy"]  # the validation loss beside the accuracy
     by_group = [tag for tag in scalars("val") if tag.startswith("accuracy_by_group/")]
     assert by_group and all(scalars("val")[tag] == scalars("val")["accuracy"] for tag in by_group)
+
+
+def test_a_state_file_without_timestamps_still_restores_its_checkpoint(tmp_path):
+    """tf.train.CheckpointManager lists no checkpoint for a state file without timestamps (one written by hand or
+    by another tool); the run must resume from the checkpoint it names, not start again from step 0."""
+    variable = tf.Variable(3.0)
+    checkpoint = tf.train.Checkpoint(v=variable)
+    tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=2).save(checkpoint_number=7)
+    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "ckpt-7"\nall_model_checkpoint_paths: "ckpt-7"\n')
+    variable.assign(0.0)
+    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=2)
+    assert manager.checkpoints == []  # the manager's own view
+    assert checkpointing.restore_latest(checkpoint, manager, log=lambda *_: None).endswith("ckpt-7")
+    assert float(variable.numpy()) == 3.0

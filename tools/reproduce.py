@@ -96,7 +96,7 @@ def restore_from_archive(run, log=print):
 
 
 def archive_checkpoint(run):
-    """Keep the run's newest checkpoint (with a state file naming it), `best/` and metrics.json in
+    """Keep the run's newest checkpoint, `best/` and metrics.json in
     `<archive>/resume/`, replacing an older one; True if there was a checkpoint to keep."""
     import tensorflow as tf
 
@@ -112,8 +112,7 @@ def archive_checkpoint(run):
     for file in os.listdir(os.path.dirname(latest)):
         if file.startswith(name + "."):
             shutil.copyfile(os.path.join(os.path.dirname(latest), file), os.path.join(staging, "checkpoints", file))
-    with open(os.path.join(staging, "checkpoints", "checkpoint"), "w") as f:
-        f.write(f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
+    # no state file: the trainer rebuilds it from the checkpoint files present (checkpointing.repair_state_file)
     if os.path.isdir(os.path.join(directory, "best")):
         shutil.copytree(os.path.join(directory, "best"), os.path.join(staging, "best"))
     shutil.copyfile(os.path.join(directory, "metrics.json"), os.path.join(staging, "metrics.json"))
