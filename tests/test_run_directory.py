@@ -127,3 +127,15 @@ def test_a_damaged_record_read_by_tensorflow_is_one_message(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "a data file is damaged (corrupted record at 12)" in err and "run the same command again" in err
+
+
+@pytest.mark.parametrize("tool, flags, message", [
+    ("evaluate", ["--split", "val", "--batch_size", "0"], "--batch_size must be a positive number, got 0"),
+    ("evaluate", ["--split", "val", "--json", "/proc/nowhere/report.json"], "--json /proc/nowhere: cannot create it"),
+    ("export", ["--parity_examples", "0"], "--parity_examples must be a positive number, got 0"),
+    ("export", ["--out", "/proc/nowhere"], "--out /proc/nowhere: cannot create it"),
+])
+def test_bad_tool_flags_are_one_message_before_any_work(finished_run, tool, flags, message):
+    run_dir, _ = finished_run
+    result = run_tool(tool, "--run", run_dir, *flags)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
