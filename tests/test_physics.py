@@ -203,6 +203,20 @@ def test_data_directory_does_not_depend_on_worker_count(tmp_path):
     assert "workers" not in os.path.basename(one)
 
 
+def test_a_damaged_scene_file_is_one_error_naming_the_fix(tmp_path):
+    from relation_networks.errors import DataError
+    from relation_networks.tasks.physics import _read_split
+
+    sizes = {"train": 3, "val": 2, "test": 2}
+    directory = physics.prepare(str(tmp_path), 5, sizes, log=lambda *_: None, workers=1, num_balls=10, frames=16)
+    path = os.path.join(directory, "val.tfrecord")
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(DataError, match=r"val.tfrecord is damaged .* run the same command again"):
+        _read_split(path, 10, 16)
+
+
 def test_physics_check_tool_separates_linked_pairs(tmp_path):
     out = tmp_path / "check.json"
     result = run_tool("physics_check", "--scenes", "12", "--json", str(out))

@@ -177,7 +177,12 @@ def _read_split(path, num_balls, frames):
     key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size, num_balls, frames)
     if key not in _SPLITS:
         records = tf.data.TFRecordDataset(path).map(lambda r: physics.parse_example(r, num_balls, frames))
-        parts = list(records.batch(4096).as_numpy_iterator())
+        try:
+            parts = list(records.batch(4096).as_numpy_iterator())
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"{path} is damaged ({first}). Delete its directory {os.path.dirname(path)} and run the "
+                            "same command again: the scenes are simulated again, identically, from their seed.") from None
         if parts:
             arrays = tuple(np.concatenate([part[k] for part in parts]) for k in range(3))
         else:
