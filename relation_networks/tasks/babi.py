@@ -35,7 +35,7 @@ PAPER = {"qa2": 0.919, "qa3": 0.835, "qa16": 0.979}
 
 @dataclasses.dataclass
 class BabiData:
-    dir: str = "../shared/data/babi/en-10k"
+    dir: str = "data/babi/en-10k"  # the official en-10k directory (set it in the config)
     tasks: typing.List[int] = dataclasses.field(default_factory=lambda: list(range(1, 21)))
     val_fraction: float = bounded(0.1, above=0.0, below=1.0)
     split_seed: int = seed_field(0)
