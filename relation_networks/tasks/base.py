@@ -15,6 +15,10 @@ The contract, in short:
   to the model, e.g. a vocabulary, so that an exported or evaluated model reads the same one).
 - Keys of `config.train` are the trainer's (`relation_networks.config.TrainConfig`); a task reads `train.shuffle`,
   `train.init_from` or `train.eval_splits` at most.
+- A task is a stateless singleton that takes the config in every call: one registered object serves every config
+  in a process (a run, its export, the evaluation of another run). An object holding its config (Model Garden's
+  task) was weighed and not adopted: it needs one object per config and changes every call site, for no behaviour
+  gained.
 """
 
 import numpy as np

@@ -45,6 +45,9 @@ import _probes
 from absl import app, flags
 
 FLAGS = flags.FLAGS
+# Each training chunk's samples are seeded by the probe's seed and the steps done: seed * this prime + steps, so that
+# no two (seed, steps) pairs share samples over any probe length used.
+SAMPLE_SEED_STRIDE = 1_000_003
 _common.define_config_flags()
 flags.DEFINE_enum("target", "full", ["largest_x", "largest_norm", "reference_sign", "farthest", "full"],
                   "The sub-task to learn (see the module docstring).")
@@ -115,7 +118,7 @@ def main(argv):
     rows, done, start = [], 0, time.time()
     while done < FLAGS.steps:
         steps = min(FLAGS.eval_every_steps, FLAGS.steps - done)
-        x, y = _probes.sub_task(FLAGS.target, steps * config.train.batch_size, FLAGS.seed * 1_000_003 + done,
+        x, y = _probes.sub_task(FLAGS.target, steps * config.train.batch_size, FLAGS.seed * SAMPLE_SEED_STRIDE + done,
                            d.num_vectors, d.vector_dim, id_width(d), vector_width(d))
         loss = fit({"sequence": x}, y, seed=done)
         done += steps
