@@ -52,7 +52,9 @@ class Report:
         for name, value in self.metrics.items():
             lines.append(f"{name:<24}{100 * value:>9.2f}%{'':>9}{paper(name)}")
         for name, value in self.extra.items():
-            if not isinstance(value, (dict, list)):
+            if isinstance(value, float):
+                lines.append(f"{name:<24}{value:>10.4g}")
+            elif not isinstance(value, (dict, list)):
                 lines.append(f"{name:<24}{value!s:>10}")
         return "\n".join(lines)
 

@@ -419,7 +419,7 @@ class _Interval:
                 "accuracy": self.correct_sum / (count * self.parts.plan.global_batch)}, rate
 
 
-def _log_step(parts, state, interval, writer, progress):
+def _log_step(parts, state, interval, writer, progress, epoch):
     values, rate = interval.values(state.step)
     lr = float(keras.ops.convert_to_numpy(parts.optimizer.learning_rate))
     with writer.as_default(step=state.step):
@@ -427,7 +427,7 @@ def _log_step(parts, state, interval, writer, progress):
             tf.summary.scalar(name, value)
         tf.summary.scalar("learning_rate", lr)
         tf.summary.scalar("examples_per_second", rate)
-    progress.update(state.step, {"epoch": state.epoch(parts.plan) + 1, **values, "lr": lr, "q/s": round(rate)})
+    progress.update(state.step, {"epoch": epoch + 1, **values, "lr": lr, "q/s": round(rate)})
 
 
 def _loop(parts, state, stop):
@@ -454,7 +454,7 @@ def _loop(parts, state, stop):
                 state.stopped = "signal"
                 continue
             if state.step % train_cfg.log_every_steps == 0 or state.step == epoch_end:
-                _log_step(parts, state, interval, writer, progress)
+                _log_step(parts, state, interval, writer, progress, epoch)
                 if parts.budget.spent():
                     state.stopped = "time_limit"
             parts.checkpoints.step_done(state.step)
