@@ -30,6 +30,7 @@ def recalibrate_batch_norm(model, forward, dataset, strategy=None):
     for layer in layers:
         layer.momentum = 0.0  # after a training-mode call the moving statistics are that batch's
 
+    @tf.autograph.experimental.do_not_convert  # plain Python: AutoGraph would only warn that it cannot convert it
     def batch_statistics(features):
         forward(features, training=True)
         return [tf.identity(v) for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
