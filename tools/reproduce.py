@@ -96,14 +96,15 @@ def restore_from_archive(run, log=print):
 
 
 def archive_checkpoint(run):
-    """Keep the run's newest checkpoint, `best/` and metrics.json in
-    `<archive>/resume/`, replacing an older one; True if there was a checkpoint to keep."""
+    """Keep the run's newest checkpoint, `best/` and metrics.json in `<archive>/resume/`, replacing an older one,
+    for a run that has not finished its schedule; True if it kept one."""
     import tensorflow as tf
 
     directory = os.path.join(ROOT, run["run_dir"])
     latest = tf.train.latest_checkpoint(os.path.join(directory, "checkpoints"))
-    if not run.get("archive") or latest is None:
-        return False
+    metrics, _ = metrics_of(run)
+    if not run.get("archive") or latest is None or (metrics and metrics.get("complete")):
+        return False  # nothing to keep, or nothing left to train
     target = os.path.join(ROOT, run["archive"], RESUME_DIR)
     staging = target + ".tmp"
     shutil.rmtree(staging, ignore_errors=True)
