@@ -103,8 +103,8 @@ def archive_checkpoint(run):
     directory = os.path.join(ROOT, run["run_dir"])
     latest = tf.train.latest_checkpoint(os.path.join(directory, "checkpoints"))
     metrics, _ = metrics_of(run)
-    if not run.get("archive") or latest is None or (metrics and metrics.get("complete")):
-        return False  # nothing to keep, or nothing left to train
+    if not run.get("archive") or latest is None or (metrics and metrics["step"] >= metrics["total_steps"]):
+        return False  # nothing to keep, or the schedule is done: nothing left to train
     target = os.path.join(ROOT, run["archive"], RESUME_DIR)
     staging = target + ".tmp"
     shutil.rmtree(staging, ignore_errors=True)
