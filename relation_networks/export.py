@@ -30,8 +30,8 @@ import numpy as np
 from relation_networks import config as config_lib
 from relation_networks.errors import UserError
 from relation_networks.io import atomic_directory, atomic_write_json, atomic_write_text
-from relation_networks.serving import (ANSWER_OUTPUT, SIGNATURE, load_keras_predictor, load_saved_model, load_tflite,
-                                       run_in_batches, to_instances)
+from relation_networks.serving import (ANSWER_OUTPUT, DEFAULT_BATCH_SIZE, SIGNATURE, load_keras_predictor,
+                                       load_saved_model, load_tflite, run_in_batches, to_instances)
 
 FLOAT_TOLERANCE = 1e-4  # max |probability difference| for SavedModel and float32 TFLite
 # The dynamic-range quantised TFLite is judged by its answers: the fraction of top-1 answers (of per-output
@@ -174,7 +174,7 @@ def export(run_dir, out_root="saved_models", version=None, parity_examples=64, l
             with open(os.path.join(tmp, name), "wb") as f:
                 f.write(flatbuffer)
             runner = load_tflite(os.path.join(tmp, name))
-            out = run_in_batches(runner, features)["probabilities"]
+            out = run_in_batches(runner, features, task.tflite_batch_size(config) or DEFAULT_BATCH_SIZE)["probabilities"]
             checks.append(
                 _compare(reference, out, name, None if quantize else float_tolerance,
                          quantized_min_agreement if quantize else 0.0, multilabel)

@@ -150,7 +150,10 @@ def load_predictor(path, overrides=()):
             raise UserError(f"{directory} has no config.yaml: export with tools/export.py to get one.")
         config = config_next_to(directory, overrides)
         run = load_exported(path)
-        return config, lambda features: run_in_batches(run, features)["logits"]
+        from relation_networks import tasks  # here: the tasks import the layers, which loading a SavedModel needs not
+
+        batch = tasks.get(config.task).tflite_batch_size(config) if path.endswith(".tflite") else None
+        return config, lambda features: run_in_batches(run, features, batch or DEFAULT_BATCH_SIZE)["logits"]
     config, _, predict = load_keras_predictor(path, overrides)
     return config, predict
 

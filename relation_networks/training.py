@@ -225,18 +225,6 @@ def _train(config, task, strategy, task_id, is_chief, num_workers, out_dir, log)
     return _finish(parts, state, task_id, num_workers)
 
 
-def _check_run_directory(config, model, optimizer, checkpoint_dir):
-    """Refuse, before anything is written, a run directory whose checkpoints hold another model: its config.yaml
-    and results stay as they are (a finished run stays exportable)."""
-    from relation_networks.checkpointing import restore_latest
-
-    if not tf.io.gfile.exists(checkpoint_dir):
-        return
-    probe = tf.train.CheckpointManager(make_checkpoint(model, optimizer), checkpoint_dir, max_to_keep=None)
-    if probe.checkpoints:
-        restore_latest(probe.checkpoint, probe, log=lambda *_: None)
-
-
 def _setup(config, task, strategy, is_chief, num_workers, out_dir, log):
     """Data, model, optimizer and the run's parts; restores the newest checkpoint (or `train.init_from`)."""
     train_cfg = config.train
@@ -250,16 +238,15 @@ def _setup(config, task, strategy, is_chief, num_workers, out_dir, log):
                                   lr_multipliers=train_cfg.lr_multipliers)
         optimizer.build(model.trainable_variables)
     seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
-    checkpoint_dir = os.path.join(config.run_dir, "checkpoints")
-    _check_run_directory(config, model, optimizer, checkpoint_dir)
-    # Only now, with the config known to build a model that fits the run's checkpoints, is the directory written.
+    checkpoints = Checkpoints(make_checkpoint(model, optimizer, train_seconds=seconds),
+                              os.path.join(config.run_dir, "checkpoints"), os.path.join(out_dir, "checkpoints"),
+                              train_cfg.keep_checkpoints, train_cfg.checkpoint_every_steps, log=log)
+    # A run directory whose checkpoints hold another model is refused here (UserError), before anything is
+    # written: its config.yaml and results stay as they are (a finished run stays exportable).
+    restored = checkpoints.restore()
     os.makedirs(out_dir, exist_ok=True)
     if is_chief:
         config_lib.save(config, os.path.join(out_dir, CONFIG_FILE))
-    checkpoints = Checkpoints(make_checkpoint(model, optimizer, train_seconds=seconds), checkpoint_dir,
-                              os.path.join(out_dir, "checkpoints"), train_cfg.keep_checkpoints,
-                              train_cfg.checkpoint_every_steps, log=log)
-    restored = checkpoints.restore()
     step = int(optimizer.iterations.numpy())
     if restored:
         log(f"Resumed from {restored} at step {step} ({duration(float(seconds.numpy()))} of training so far).")
